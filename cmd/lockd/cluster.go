@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/lockd-io/lockd/node"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"github.com/lockd-io/lockd/server"
+)
+
+// clusterAdapter is the node as the server's ClusterService sees it.
+type clusterAdapter struct{ n *node.Node }
+
+func (a clusterAdapter) Status(ctx context.Context) (*lockdv1.StatusResponse, error) {
+	st, err := a.n.Status(ctx)
+	if err != nil {
+		return nil, nodeError(err)
+	}
+	resp := &lockdv1.StatusResponse{
+		Name:           st.Name,
+		Id:             strconv.FormatUint(st.ID, 16),
+		State:          st.State,
+		Leader:         st.LeaderName,
+		LeaderUrl:      st.LeaderURL,
+		Term:           st.Term,
+		CommitIndex:    st.Commit,
+		AppliedIndex:   st.Applied,
+		SnapshotIndex:  st.SnapshotIndex,
+		FirstIndex:     st.FirstIndex,
+		LastIndex:      st.LastIndex,
+		DiskUsageBytes: st.DiskUsage,
+	}
+	for _, m := range st.Members {
+		mm := &lockdv1.Member{Name: m.Name, Url: m.URL, Learner: m.Learner, Id: strconv.FormatUint(m.ID, 16)}
+		if p := m.Progress; p != nil {
+			mm.Progress = &lockdv1.Progress{MatchIndex: p.Match, State: p.State, RecentActive: p.RecentActive}
+		}
+		resp.Members = append(resp.Members, mm)
+	}
+	return resp, nil
+}
+
+// nodeError marks the node's errors that mean "try again, maybe elsewhere"
+// so the server answers them with Unavailable.
+func nodeError(err error) error {
+	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrNoLeader) || errors.Is(err, node.ErrReadTimeout) {
+		return fmt.Errorf("%w: %w", server.ErrUnavailable, err)
+	}
+	return err
+}

@@ -1,0 +1,611 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	peerv1 "github.com/lockd-io/lockd/proto/lockd/peer/v1"
+	"github.com/lockd-io/lockd/store"
+	"github.com/rs/zerolog"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Errors a Node returns to its callers.
+var (
+	// ErrStopped: the node was stopped before the request finished.
+	ErrStopped = errors.New("node: stopped")
+	// ErrNoLeader: the cluster has no leader this node knows of, so the
+	// request could not be started. It had no effect; retry later.
+	ErrNoLeader = errors.New("node: no leader")
+	// ErrReadTimeout: a linearizable read could not be confirmed by a quorum
+	// within an election timeout.
+	ErrReadTimeout = errors.New("node: read index not confirmed in time")
+)
+
+// Store meta keys.
+const (
+	metaName    = "name"
+	metaCluster = "cluster-id"
+)
+
+// Node is one running member of a cluster.
+type Node struct {
+	cfg     Config
+	id      uint64
+	cluster uint64
+	log     zerolog.Logger
+	store   *store.Store
+	sm      StateMachine
+	tr      *transport
+
+	propc chan proposal
+	recvc chan *raftpb.Message
+	readc chan *readWaiter
+	funcc chan func(*raft.RawNode)
+	stopc chan struct{}
+	donec chan struct{}
+	stop  sync.Once
+
+	waitMu  sync.Mutex
+	waiters map[uint64]chan result
+	nextID  atomic.Uint64
+
+	// Published by the loop for lock-free readers.
+	leader  atomic.Uint64
+	term    atomic.Uint64
+	applied atomic.Uint64
+	peerURL sync.Map // id → url of every member, for LeaderURL
+
+	// Owned by the raft loop.
+	rn        *raft.RawNode
+	snapIndex uint64
+	confState *raftpb.ConfState
+	members   map[uint64]*peerv1.Member
+	reads     readQueue
+	lastLead  uint64
+}
+
+type proposal struct {
+	id   uint64
+	data []byte // id followed by the command
+}
+
+type result struct {
+	val any
+	err error
+}
+
+// Start opens the node on its store: it restores the newest snapshot,
+// bootstraps a new cluster if the store is empty, and starts the raft loop.
+// Committed entries the snapshot lacks are applied by the loop before it
+// answers any request.
+func Start(cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:     cfg,
+		id:      MemberID(cfg.Name),
+		log:     cfg.Logger,
+		store:   cfg.Store,
+		sm:      cfg.StateMachine,
+		propc:   make(chan proposal, 4096),
+		recvc:   make(chan *raftpb.Message, 4096),
+		readc:   make(chan *readWaiter, 4096),
+		funcc:   make(chan func(*raft.RawNode)),
+		stopc:   make(chan struct{}),
+		donec:   make(chan struct{}),
+		waiters: map[uint64]chan result{},
+		members: map[uint64]*peerv1.Member{},
+	}
+	var seed [8]byte
+	rand.Read(seed[:])
+	// Proposal ids start at a random point so that entries proposed by an
+	// earlier incarnation of this node never answer a waiter of this one.
+	n.nextID.Store(binary.BigEndian.Uint64(seed[:]) >> 1)
+
+	last, err := n.store.LastIndex()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := n.store.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	fresh := last == 0 && raft.IsEmptySnap(snap)
+	if err := n.checkIdentity(fresh); err != nil {
+		return nil, err
+	}
+	_, cs, err := n.store.InitialState()
+	if err != nil {
+		return nil, err
+	}
+	n.confState = cs
+	var applied uint64
+	if !raft.IsEmptySnap(snap) {
+		if err := n.restore(snap); err != nil {
+			return nil, fmt.Errorf("node: restoring snapshot at %d: %w", snap.GetMetadata().GetIndex(), err)
+		}
+		applied = n.snapIndex
+	}
+	if cfg.bugs.replayFromLogStart {
+		applied = 0
+	}
+	rc := &raft.Config{
+		ID:                        n.id,
+		ElectionTick:              cfg.electionTicks(),
+		HeartbeatTick:             1,
+		Storage:                   n.store,
+		Applied:                   applied,
+		MaxSizePerMsg:             1 << 20,
+		MaxCommittedSizePerReady:  8 << 20,
+		MaxUncommittedEntriesSize: 256 << 20,
+		MaxInflightMsgs:           256,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		StepDownOnRemoval:         true,
+		Logger:                    raftLogger{n.log.With().Str("component", "raft").Logger()},
+	}
+	n.rn, err = raft.NewRawNode(rc)
+	if err != nil {
+		return nil, err
+	}
+	n.tr = newTransport(n.id, n.cluster, cfg.Faults, 2*cfg.ElectionTimeout, n.log.With().Str("component", "transport").Logger())
+	n.tr.deliver = n.deliver
+	n.tr.unreachable = func(id uint64) { n.runAsync(func(rn *raft.RawNode) { rn.ReportUnreachable(id) }) }
+	n.tr.snapshotted = func(id uint64, st raft.SnapshotStatus) {
+		n.runAsync(func(rn *raft.RawNode) { rn.ReportSnapshot(id, st) })
+	}
+	// Static cluster URLs are a starting point for reaching peers; the
+	// replicated member table overrides them as the log is applied.
+	for _, p := range cfg.InitialCluster {
+		n.setPeerURL(MemberID(p.Name), p.URL)
+	}
+	for id, m := range n.members {
+		n.setPeerURL(id, m.GetUrl())
+	}
+	if fresh {
+		peers := make([]raft.Peer, 0, len(cfg.InitialCluster))
+		for _, p := range cfg.InitialCluster {
+			ctx, err := proto.Marshal(&peerv1.Member{Id: MemberID(p.Name), Name: p.Name, Url: p.URL})
+			if err != nil {
+				return nil, err
+			}
+			peers = append(peers, raft.Peer{ID: MemberID(p.Name), Context: ctx})
+		}
+		if err := n.rn.Bootstrap(peers); err != nil {
+			return nil, err
+		}
+		// A single-member cluster elects itself at once rather than after an
+		// election timeout.
+		if len(peers) == 1 {
+			if err := n.rn.Campaign(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	n.applied.Store(applied)
+	n.log.Info().Str("id", strconv.FormatUint(n.id, 16)).Str("cluster", strconv.FormatUint(n.cluster, 16)).
+		Bool("bootstrap", fresh).Uint64("snapshot", n.snapIndex).Uint64("last-index", last).Msg("starting raft node")
+	go n.run()
+	return n, nil
+}
+
+// checkIdentity makes sure a data dir is only ever used by the member it was
+// created for, and records the cluster id.
+func (n *Node) checkIdentity(fresh bool) error {
+	name, err := n.store.GetMeta(metaName)
+	if err != nil {
+		return err
+	}
+	if name != nil && string(name) != n.cfg.Name {
+		return fmt.Errorf("node: data dir belongs to member %q, not %q", name, n.cfg.Name)
+	}
+	if fresh {
+		if len(n.cfg.InitialCluster) == 0 {
+			return errors.New("node: the data dir is empty and no initial cluster was given")
+		}
+		n.cluster = clusterID(n.cfg.InitialCluster)
+		if err := n.store.SetMeta(metaName, []byte(n.cfg.Name)); err != nil {
+			return err
+		}
+		return n.store.SetMeta(metaCluster, []byte(strconv.FormatUint(n.cluster, 16)))
+	}
+	raw, err := n.store.GetMeta(metaCluster)
+	if err != nil {
+		return err
+	}
+	if n.cluster, err = strconv.ParseUint(string(raw), 16, 64); err != nil {
+		return fmt.Errorf("node: data dir has no valid cluster id (%q)", raw)
+	}
+	return nil
+}
+
+// ID is this member's raft id.
+func (n *Node) ID() uint64 { return n.id }
+
+// Leader is the raft id of the leader this node knows of, 0 if none.
+func (n *Node) Leader() uint64 { return n.leader.Load() }
+
+// LeaderURL is the URL of the leader this node knows of, "" if none.
+func (n *Node) LeaderURL() string {
+	if u, ok := n.peerURL.Load(n.leader.Load()); ok {
+		return u.(string)
+	}
+	return ""
+}
+
+// Applied is the index of the last entry applied to the state machine.
+func (n *Node) Applied() uint64 { return n.applied.Load() }
+
+// PeerHandler serves the peer endpoints; mount it at PeerPathPrefix.
+func (n *Node) PeerHandler() *transport { return n.tr }
+
+// Stop stops the raft loop and the transport. Waiting requests fail with
+// ErrStopped. It does not close the store.
+func (n *Node) Stop() {
+	n.stop.Do(func() {
+		close(n.stopc)
+		<-n.donec
+		n.tr.close()
+	})
+}
+
+// Done is closed when the node has stopped.
+func (n *Node) Done() <-chan struct{} { return n.donec }
+
+// Propose replicates cmd and returns the state machine's result once the
+// command is applied on this node. An error other than ErrNoLeader leaves it
+// unknown whether the command was applied: callers that retry must make
+// their commands idempotent.
+func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
+	id := n.nextID.Add(1)
+	data := make([]byte, 8+len(cmd))
+	binary.BigEndian.PutUint64(data, id)
+	copy(data[8:], cmd)
+	ch := make(chan result, 1)
+	n.waitMu.Lock()
+	n.waiters[id] = ch
+	n.waitMu.Unlock()
+	defer func() {
+		n.waitMu.Lock()
+		delete(n.waiters, id)
+		n.waitMu.Unlock()
+	}()
+	select {
+	case n.propc <- proposal{id: id, data: data}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-n.donec:
+		return nil, ErrStopped
+	}
+	select {
+	case r := <-ch:
+		return r.val, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-n.donec:
+		return nil, ErrStopped
+	}
+}
+
+func (n *Node) finish(id uint64, val any, err error) {
+	n.waitMu.Lock()
+	ch, ok := n.waiters[id]
+	n.waitMu.Unlock()
+	if ok {
+		select {
+		case ch <- result{val, err}:
+		default: // already answered
+		}
+	}
+}
+
+// deliver hands a peer message to the raft loop, blocking (and so pushing
+// back on the sender's stream) while the loop is busy.
+func (n *Node) deliver(ctx context.Context, m *raftpb.Message) error {
+	select {
+	case n.recvc <- m:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.donec:
+		return ErrStopped
+	}
+}
+
+// runAsync runs f on the raft loop without waiting for it.
+func (n *Node) runAsync(f func(*raft.RawNode)) {
+	go func() {
+		select {
+		case n.funcc <- f:
+		case <-n.donec:
+		}
+	}()
+}
+
+// do runs f on the raft loop and waits for it.
+func (n *Node) do(ctx context.Context, f func(*raft.RawNode)) error {
+	done := make(chan struct{})
+	select {
+	case n.funcc <- func(rn *raft.RawNode) { f(rn); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.donec:
+		return ErrStopped
+	}
+	select {
+	case <-done:
+		return nil
+	case <-n.donec:
+		return ErrStopped
+	}
+}
+
+func (n *Node) run() {
+	defer close(n.donec)
+	defer n.failAll()
+	ticker := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-ticker.C:
+			n.rn.Tick()
+			n.reads.expire(time.Now(), n.cfg.ElectionTimeout)
+		case p := <-n.propc:
+			n.propose(p)
+		drainProps:
+			for range 1024 {
+				select {
+				case p := <-n.propc:
+					n.propose(p)
+				default:
+					break drainProps
+				}
+			}
+		case m := <-n.recvc:
+			n.step(m)
+		drainMsgs:
+			for range 1024 {
+				select {
+				case m := <-n.recvc:
+					n.step(m)
+				default:
+					break drainMsgs
+				}
+			}
+		case w := <-n.readc:
+			n.reads.add(w)
+		drainReads:
+			for {
+				select {
+				case w := <-n.readc:
+					n.reads.add(w)
+				default:
+					break drainReads
+				}
+			}
+		case f := <-n.funcc:
+			f(n.rn)
+		}
+		n.reads.issue(n.rn, time.Now())
+		for n.rn.HasReady() {
+			if err := n.handleReady(n.rn.Ready()); err != nil {
+				// A failed write leaves raft's view of the log ahead of the
+				// disk's; the only safe thing left is to stop taking part.
+				n.log.Error().Err(err).Msg("raft loop failed; stopping the node")
+				return
+			}
+		}
+	}
+}
+
+func (n *Node) propose(p proposal) {
+	if err := n.rn.Propose(p.data); err != nil {
+		if errors.Is(err, raft.ErrProposalDropped) {
+			err = ErrNoLeader
+		}
+		n.finish(p.id, nil, err)
+		return
+	}
+	if n.cfg.bugs.ackOnPropose {
+		n.finish(p.id, nil, nil)
+	}
+}
+
+func (n *Node) step(m *raftpb.Message) {
+	if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+		n.log.Debug().Err(err).Stringer("type", m.GetType()).Msg("step failed")
+	}
+}
+
+func (n *Node) handleReady(rd raft.Ready) error {
+	if rd.SoftState != nil {
+		n.softState(rd.SoftState)
+	}
+	if hs := rd.HardState; hs != nil {
+		n.term.Store(hs.GetTerm())
+	}
+	leader := n.rn.BasicStatus().RaftState == raft.StateLeader
+	if leader {
+		n.tr.send(rd.Messages)
+	}
+	if err := n.store.Save(rd.HardState, rd.Entries, rd.Snapshot); err != nil {
+		return fmt.Errorf("saving ready: %w", err)
+	}
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		if err := n.restore(rd.Snapshot); err != nil {
+			return fmt.Errorf("restoring snapshot from leader: %w", err)
+		}
+		n.applied.Store(n.snapIndex)
+		n.log.Info().Uint64("index", n.snapIndex).Msg("restored snapshot from leader")
+	}
+	if !leader {
+		n.tr.send(rd.Messages)
+	}
+	for _, rs := range rd.ReadStates {
+		n.reads.confirm(rs)
+	}
+	if err := n.apply(rd.CommittedEntries); err != nil {
+		return err
+	}
+	n.reads.release(n.applied.Load())
+	if err := n.maybeSnapshot(); err != nil {
+		return err
+	}
+	n.rn.Advance(rd)
+	return nil
+}
+
+func (n *Node) softState(ss *raft.SoftState) {
+	n.leader.Store(ss.Lead)
+	if ss.Lead != n.lastLead {
+		n.log.Info().Str("leader", strconv.FormatUint(ss.Lead, 16)).Stringer("state", ss.RaftState).Msg("leader changed")
+		n.lastLead = ss.Lead
+	}
+}
+
+func (n *Node) apply(ents []*raftpb.Entry) error {
+	for _, e := range ents {
+		switch e.GetType() {
+		case raftpb.EntryNormal:
+			if data := e.GetData(); len(data) >= 8 {
+				id := binary.BigEndian.Uint64(data)
+				val := n.sm.Apply(e.GetIndex(), data[8:])
+				n.finish(id, val, nil)
+			}
+		case raftpb.EntryConfChange:
+			cc := new(raftpb.ConfChange)
+			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
+			}
+			n.applyConfChange(cc)
+		case raftpb.EntryConfChangeV2:
+			cc := new(raftpb.ConfChangeV2)
+			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
+			}
+			n.applyConfChange(cc)
+		}
+		n.applied.Store(e.GetIndex())
+	}
+	return nil
+}
+
+func (n *Node) applyConfChange(cc raftpb.ConfChangeI) {
+	n.confState = n.rn.ApplyConfChange(cc)
+	v2 := cc.AsV2()
+	for _, c := range v2.GetChanges() {
+		id := c.GetNodeId()
+		switch c.GetType() {
+		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+			m := new(peerv1.Member)
+			if err := proto.Unmarshal(v2.GetContext(), m); err == nil && m.GetName() != "" {
+				m.Id = id
+				n.members[id] = m
+				n.setPeerURL(id, m.GetUrl())
+			}
+		case raftpb.ConfChangeRemoveNode:
+			delete(n.members, id)
+			n.peerURL.Delete(id)
+			n.tr.removePeer(id)
+		}
+	}
+}
+
+func (n *Node) setPeerURL(id uint64, url string) {
+	n.peerURL.Store(id, url)
+	n.tr.setPeer(id, url)
+}
+
+// restore replaces the state machine and the member table with a snapshot's.
+func (n *Node) restore(snap *raftpb.Snapshot) error {
+	env := new(peerv1.Snapshot)
+	if err := proto.Unmarshal(snap.GetData(), env); err != nil {
+		return err
+	}
+	if err := n.sm.Restore(env.GetState()); err != nil {
+		return err
+	}
+	n.snapIndex = snap.GetMetadata().GetIndex()
+	n.confState = snap.GetMetadata().GetConfState()
+	n.members = map[uint64]*peerv1.Member{}
+	for _, m := range env.GetMembers() {
+		n.members[m.GetId()] = m
+		if n.tr != nil {
+			n.setPeerURL(m.GetId(), m.GetUrl())
+		}
+	}
+	return nil
+}
+
+// maybeSnapshot snapshots the state machine once SnapshotEntries entries
+// have been applied since the last snapshot, and compacts the log below it,
+// keeping CompactionMargin entries for followers that lag a little.
+func (n *Node) maybeSnapshot() error {
+	applied := n.applied.Load()
+	if applied-n.snapIndex < n.cfg.SnapshotEntries {
+		return nil
+	}
+	return n.snapshot(applied)
+}
+
+func (n *Node) snapshot(applied uint64) error {
+	start := time.Now()
+	state, err := n.sm.Snapshot()
+	if err != nil {
+		return fmt.Errorf("state machine snapshot: %w", err)
+	}
+	env := &peerv1.Snapshot{State: state}
+	for _, m := range n.members {
+		env.Members = append(env.Members, m)
+	}
+	data, err := proto.Marshal(env)
+	if err != nil {
+		return err
+	}
+	if _, err := n.store.CreateSnapshot(applied, n.confState, data); err != nil {
+		return fmt.Errorf("saving snapshot: %w", err)
+	}
+	n.snapIndex = applied
+	if applied > n.cfg.CompactionMargin {
+		compact := applied - n.cfg.CompactionMargin
+		first, err := n.store.FirstIndex()
+		if err != nil {
+			return err
+		}
+		if compact > first {
+			if err := n.store.Compact(compact); err != nil {
+				return fmt.Errorf("compacting log: %w", err)
+			}
+		}
+	}
+	n.log.Info().Uint64("index", applied).Int("bytes", len(data)).Dur("took", time.Since(start)).Msg("snapshot taken")
+	return nil
+}
+
+func (n *Node) failAll() {
+	n.waitMu.Lock()
+	for id, ch := range n.waiters {
+		select {
+		case ch <- result{err: ErrStopped}:
+		default:
+		}
+		delete(n.waiters, id)
+	}
+	n.waitMu.Unlock()
+	n.reads.failAll(ErrStopped)
+}

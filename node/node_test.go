@@ -1,0 +1,150 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestSingleNodeProposeAndRestart(t *testing.T) {
+	c := newTestCluster(t, 1, nil, func(cfg *Config) { cfg.SnapshotEntries = 50; cfg.CompactionMargin = 10 })
+	tn := c.waitLeader(5 * time.Second)
+	ctx := context.Background()
+	for op := uint64(1); op <= 120; op++ {
+		if err := propose(ctx, tn.current(), op); err != nil {
+			t.Fatalf("propose %d: %v", op, err)
+		}
+	}
+	if err := tn.current().ReadIndex(ctx); err != nil {
+		t.Fatalf("read index: %v", err)
+	}
+	before := tn.sm.history()
+	c.crash(tn)
+	c.start(tn)
+	c.waitLeader(5 * time.Second)
+	if err := tn.current().ReadIndex(ctx); err != nil {
+		t.Fatalf("read index after restart: %v", err)
+	}
+	after := tn.sm.history()
+	if len(after) != 120 || len(before) != 120 {
+		t.Fatalf("applied %d ops before restart, %d after; want 120", len(before), len(after))
+	}
+	for i := range after {
+		if after[i] != uint64(i+1) {
+			t.Fatalf("op %d at position %d after restart", after[i], i)
+		}
+	}
+	st, err := tn.current().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != "leader" || len(st.Members) != 1 || st.Members[0].Name != "n1" || st.SnapshotIndex == 0 || st.FirstIndex <= 1 {
+		t.Fatalf("unexpected status after restart: %+v", st)
+	}
+}
+
+func TestProposeWithoutQuorumFails(t *testing.T) {
+	faults := newNetFaults(1)
+	c := newTestCluster(t, 3, faults, nil)
+	l := c.waitLeader(5 * time.Second)
+	faults.isolate([]uint64{l.current().ID()}, c.ids)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := propose(ctx, l.current(), 1)
+	if err == nil {
+		t.Fatal("an isolated leader committed a proposal")
+	}
+	if err := l.current().ReadIndex(ctx); err == nil {
+		t.Fatal("an isolated leader served a linearizable read")
+	}
+	faults.heal()
+	nl := c.waitLeader(5 * time.Second)
+	if err := propose(context.Background(), nl.current(), 2); err != nil {
+		t.Fatalf("propose after heal: %v", err)
+	}
+}
+
+func TestFollowerProposesAndReads(t *testing.T) {
+	c := newTestCluster(t, 3, nil, nil)
+	l := c.waitLeader(5 * time.Second)
+	var f *testNode
+	for _, tn := range c.nodes {
+		if tn != l {
+			f = tn
+			break
+		}
+	}
+	ctx := context.Background()
+	for op := uint64(1); op <= 50; op++ {
+		if err := propose(ctx, f.current(), op); err != nil {
+			t.Fatalf("propose via follower: %v", err)
+		}
+	}
+	// After the proposal returns on the leader, a linearizable read on a
+	// follower must see it.
+	if err := propose(ctx, l.current(), 51); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.current().ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h := f.sm.history(); len(h) != 51 || h[50] != 51 {
+		t.Fatalf("follower read after ReadIndex saw %d ops", len(h))
+	}
+}
+
+func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
+	c := newTestCluster(t, 3, nil, func(cfg *Config) { cfg.SnapshotEntries = 100; cfg.CompactionMargin = 20 })
+	l := c.waitLeader(5 * time.Second)
+	var lag *testNode
+	for _, tn := range c.nodes {
+		if tn != l {
+			lag = tn
+			break
+		}
+	}
+	c.crash(lag)
+	ctx := context.Background()
+	for op := uint64(1); op <= 500; op++ {
+		if err := propose(ctx, l.current(), op); err != nil {
+			t.Fatalf("propose %d: %v", op, err)
+		}
+	}
+	c.start(lag)
+	waitConverged(t, c, 10*time.Second)
+	if h := lag.sm.history(); len(h) != 500 {
+		t.Fatalf("lagging follower has %d ops, want 500", len(h))
+	}
+	st, err := lag.current().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SnapshotIndex == 0 {
+		t.Fatalf("the follower caught up without a snapshot: %+v", st)
+	}
+}
+
+func TestTransferLeadership(t *testing.T) {
+	c := newTestCluster(t, 3, nil, nil)
+	l := c.waitLeader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.current().TransferLeadership(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nl := c.waitLeader(5 * time.Second)
+	if nl == l {
+		t.Fatal("leadership did not move")
+	}
+}
+
+func TestStoppedNodeFailsRequests(t *testing.T) {
+	c := newTestCluster(t, 1, nil, nil)
+	tn := c.waitLeader(5 * time.Second)
+	n := tn.current()
+	c.crash(tn)
+	if err := propose(context.Background(), n, 1); !errors.Is(err, ErrStopped) {
+		t.Fatalf("propose on a stopped node: %v, want ErrStopped", err)
+	}
+}

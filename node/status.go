@@ -1,0 +1,158 @@
+package node
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// Status is a node's view of its cluster.
+type Status struct {
+	ID, Leader    uint64
+	Name          string
+	LeaderName    string
+	LeaderURL     string
+	State         string // "leader", "follower", "candidate", "pre-candidate"
+	Term, Commit  uint64
+	Applied       uint64
+	SnapshotIndex uint64
+	FirstIndex    uint64
+	LastIndex     uint64
+	DiskUsage     uint64
+	Members       []MemberStatus // sorted by name
+}
+
+// MemberStatus describes one member.
+type MemberStatus struct {
+	ID      uint64
+	Name    string
+	URL     string
+	Learner bool
+	// Progress is the leader's view of the member's replication; nil unless
+	// this node is the leader.
+	Progress *Progress
+}
+
+// Progress is how far the leader has replicated to one member.
+type Progress struct {
+	Match        uint64
+	State        string // "probe", "replicate", "snapshot"
+	RecentActive bool
+}
+
+// Status reports the node's view of the cluster, read on the raft loop.
+func (n *Node) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := n.do(ctx, func(rn *raft.RawNode) {
+		st := rn.Status()
+		s = Status{
+			ID:            n.id,
+			Name:          n.cfg.Name,
+			Leader:        st.Lead,
+			State:         stateName(st.RaftState),
+			Term:          st.HardState.GetTerm(),
+			Commit:        st.HardState.GetCommit(),
+			Applied:       n.applied.Load(),
+			SnapshotIndex: n.snapIndex,
+			DiskUsage:     n.store.DiskUsage(),
+		}
+		s.FirstIndex, _ = n.store.FirstIndex()
+		s.LastIndex, _ = n.store.LastIndex()
+		learners := map[uint64]bool{}
+		for _, id := range n.confState.GetLearners() {
+			learners[id] = true
+		}
+		for _, id := range n.confState.GetLearnersNext() {
+			learners[id] = true
+		}
+		ids := map[uint64]bool{}
+		for _, id := range n.confState.GetVoters() {
+			ids[id] = true
+		}
+		for id := range learners {
+			ids[id] = true
+		}
+		for id := range ids {
+			ms := MemberStatus{ID: id, Learner: learners[id]}
+			if m, ok := n.members[id]; ok {
+				ms.Name, ms.URL = m.GetName(), m.GetUrl()
+			}
+			if pr, ok := st.Progress[id]; ok {
+				ms.Progress = &Progress{Match: pr.Match, State: progressName(pr.State), RecentActive: pr.RecentActive}
+			}
+			if id == st.Lead {
+				s.LeaderName, s.LeaderURL = ms.Name, ms.URL
+			}
+			s.Members = append(s.Members, ms)
+		}
+		sort.Slice(s.Members, func(i, j int) bool { return s.Members[i].Name < s.Members[j].Name })
+	})
+	return s, err
+}
+
+func stateName(s raft.StateType) string {
+	switch s {
+	case raft.StateLeader:
+		return "leader"
+	case raft.StateCandidate:
+		return "candidate"
+	case raft.StatePreCandidate:
+		return "pre-candidate"
+	default:
+		return "follower"
+	}
+}
+
+func progressName(s tracker.StateType) string {
+	switch s {
+	case tracker.StateReplicate:
+		return "replicate"
+	case tracker.StateSnapshot:
+		return "snapshot"
+	default:
+		return "probe"
+	}
+}
+
+// TransferLeadership hands leadership to the most up-to-date other voter and
+// waits until this node is no longer leader. It returns at once, with no
+// error, if this node is not the leader or is the only voter.
+func (n *Node) TransferLeadership(ctx context.Context) error {
+	var target uint64
+	isLeader := false
+	if err := n.do(ctx, func(rn *raft.RawNode) {
+		st := rn.Status()
+		if st.RaftState != raft.StateLeader {
+			return
+		}
+		isLeader = true
+		var best uint64
+		for _, id := range n.confState.GetVoters() {
+			if pr, ok := st.Progress[id]; ok && id != n.id && pr.RecentActive && pr.Match >= best {
+				target, best = id, pr.Match
+			}
+		}
+		if target != 0 {
+			rn.TransferLeader(target)
+		}
+	}); err != nil || !isLeader || target == 0 {
+		return err
+	}
+	tick := time.NewTicker(n.cfg.HeartbeatInterval / 2)
+	defer tick.Stop()
+	for {
+		if l := n.leader.Load(); l != n.id && l != 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.donec:
+			return ErrStopped
+		case <-tick.C:
+		}
+	}
+}
