@@ -79,9 +79,6 @@ func TestDependencyRules(t *testing.T) {
 // Every package says what it is for.
 func TestPackageDocs(t *testing.T) {
 	for _, p := range listPackages(t) {
-		if strings.HasPrefix(p.ImportPath, module+"/proto/lockd/") {
-			continue // generated; documented by the .proto files and package proto
-		}
 		if strings.TrimSpace(p.Doc) == "" {
 			t.Errorf("package %s has no package doc comment", p.ImportPath)
 		}
