@@ -27,7 +27,10 @@ type opSM struct {
 	ops []uint64
 }
 
-func (s *opSM) Apply(index uint64, cmd []byte) any {
+func (s *opSM) Apply(index, term uint64, cmd []byte) any {
+	if len(cmd) == 0 {
+		return nil // a new leader's empty entry
+	}
 	if len(cmd) != 8 {
 		panic(fmt.Sprintf("opSM: command of %d bytes at %d", len(cmd), index))
 	}

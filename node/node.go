@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -60,9 +61,11 @@ type Node struct {
 	nextID  atomic.Uint64
 
 	// Published by the loop for lock-free readers.
-	leader  atomic.Uint64
-	term    atomic.Uint64
-	applied atomic.Uint64
+	leader     atomic.Uint64
+	term       atomic.Uint64
+	applied    atomic.Uint64
+	quorumSeen atomic.Int64 // monotonic ns (since start) a leader last saw a quorum active
+	started    time.Time
 	peerURL sync.Map // id → url of every member, for LeaderURL
 
 	// Owned by the raft loop.
@@ -107,6 +110,7 @@ func Start(cfg Config) (*Node, error) {
 		donec:   make(chan struct{}),
 		waiters: map[uint64]chan result{},
 		members: map[uint64]*peerv1.Member{},
+		started: time.Now(),
 	}
 	var seed [8]byte
 	rand.Read(seed[:])
@@ -196,6 +200,7 @@ func Start(cfg Config) (*Node, error) {
 		}
 	}
 	n.applied.Store(applied)
+	n.quorumSeen.Store(-int64(cfg.ElectionTimeout)) // no quorum seen yet
 	n.log.Info().Str("id", strconv.FormatUint(n.id, 16)).Str("cluster", strconv.FormatUint(n.cluster, 16)).
 		Bool("bootstrap", fresh).Uint64("snapshot", n.snapIndex).Uint64("last-index", last).Msg("starting raft node")
 	go n.run()
@@ -364,6 +369,7 @@ func (n *Node) run() {
 			return
 		case <-ticker.C:
 			n.rn.Tick()
+			n.checkQuorum()
 			n.reads.expire(time.Now(), n.cfg.ElectionTimeout)
 		case p := <-n.propc:
 			n.propose(p)
@@ -411,6 +417,41 @@ func (n *Node) run() {
 			}
 		}
 	}
+}
+
+// checkQuorum records when this node, as leader, last knew a quorum of
+// voters to be active (heard from within an election timeout).
+func (n *Node) checkQuorum() {
+	if n.leader.Load() != n.id {
+		return
+	}
+	active := 0
+	n.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if pr.RecentActive || id == n.id {
+			for _, v := range n.confState.GetVoters() {
+				if v == id {
+					active++
+				}
+			}
+		}
+	})
+	if active > len(n.confState.GetVoters())/2 {
+		n.quorumSeen.Store(int64(time.Since(n.started)))
+	}
+}
+
+// Leadership reports whether this node leads, its raft term, and whether,
+// as leader, it has seen a quorum of voters active within the last
+// election timeout. A leader that has not must not take decisions that
+// assume it still leads, such as expiring leases.
+func (n *Node) Leadership() (leader bool, term uint64, quorum bool) {
+	leader = n.leader.Load() == n.id
+	term = n.term.Load()
+	if leader {
+		since := time.Since(n.started) - time.Duration(n.quorumSeen.Load())
+		quorum = since < n.cfg.ElectionTimeout
+	}
+	return leader, term, quorum
 }
 
 func (n *Node) propose(p proposal) {
@@ -482,11 +523,14 @@ func (n *Node) apply(ents []*raftpb.Entry) error {
 	for _, e := range ents {
 		switch e.GetType() {
 		case raftpb.EntryNormal:
-			if data := e.GetData(); len(data) >= 8 {
-				id := binary.BigEndian.Uint64(data)
-				val := n.sm.Apply(e.GetIndex(), data[8:])
-				n.finish(id, val, nil)
+			data := e.GetData()
+			if len(data) < 8 {
+				n.sm.Apply(e.GetIndex(), e.GetTerm(), nil)
+				break
 			}
+			id := binary.BigEndian.Uint64(data)
+			val := n.sm.Apply(e.GetIndex(), e.GetTerm(), data[8:])
+			n.finish(id, val, nil)
 		case raftpb.EntryConfChange:
 			cc := new(raftpb.ConfChange)
 			if err := proto.Unmarshal(e.GetData(), cc); err != nil {

@@ -10,9 +10,11 @@ package node
 // deterministic (no clocks, randomness or I/O) and its result must depend only
 // on the commands applied before it.
 type StateMachine interface {
-	// Apply applies the command committed at index and returns its result,
-	// which is handed to the proposer on this node, if any.
-	Apply(index uint64, cmd []byte) any
+	// Apply applies the command committed at index by a leader of term and
+	// returns its result, which is handed to the proposer on this node, if
+	// any. cmd is empty for the entry a new leader commits to start its
+	// term; that call only tells the state machine of the new term.
+	Apply(index, term uint64, cmd []byte) any
 	// Snapshot returns the whole state, to be restored by Restore.
 	Snapshot() ([]byte, error)
 	// Restore replaces the whole state with a snapshot's.

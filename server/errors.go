@@ -3,8 +3,11 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"connectrpc.com/connect"
+	"github.com/lockd-io/lockd/election"
+	"github.com/lockd-io/lockd/locks"
 )
 
 // ErrUnavailable marks errors of a backend that cannot serve right now (no
@@ -12,13 +15,39 @@ import (
 // CodeUnavailable.
 var ErrUnavailable = errors.New("unavailable")
 
+// LeaderHeader carries the leader's URL on Unavailable errors, when known,
+// so clients can go there directly.
+const LeaderHeader = "Lockd-Leader"
+
+// codes maps the lock table's error codes to Connect codes.
+var codes = map[locks.Code]connect.Code{
+	locks.Invalid:   connect.CodeInvalidArgument,
+	locks.NotFound:  connect.CodeNotFound,
+	locks.NotHolder: connect.CodeFailedPrecondition,
+	locks.Conflict:  connect.CodeFailedPrecondition,
+	locks.Quota:     connect.CodeResourceExhausted,
+}
+
 // toConnect maps a domain error to the Connect error a client sees. This is
 // the one table of such mappings: handlers return what it gives.
 func toConnect(err error) error {
-	var ce *connect.Error
+	var (
+		ce *connect.Error
+		le *locks.Error
+	)
 	switch {
+	case err == nil:
+		return nil
 	case errors.As(err, &ce):
 		return ce
+	case errors.As(err, &le):
+		code, ok := codes[le.Code]
+		if !ok {
+			code = connect.CodeInternal
+		}
+		return connect.NewError(code, le)
+	case errors.Is(err, election.ErrNotCandidate):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.Is(err, context.Canceled):
@@ -28,4 +57,10 @@ func toConnect(err error) error {
 	default:
 		return connect.NewError(connect.CodeInternal, err)
 	}
+}
+
+// invalid is an InvalidArgument error for a request the server rejects
+// before proposing anything.
+func invalid(format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
 }

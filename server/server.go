@@ -5,37 +5,176 @@ import (
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"github.com/lockd-io/lockd/locks"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
 )
 
 // MaxRequestBytes bounds every request message.
 const MaxRequestBytes = 1 << 20
 
-// Config is what the handlers are built from.
+// Raft is the replicated log as the server uses it.
+type Raft interface {
+	// Propose replicates an encoded command and returns the table's result
+	// once it is applied on this node.
+	Propose(ctx context.Context, cmd []byte) (any, error)
+	// ReadIndex returns once this node has applied everything committed
+	// before the call, as confirmed by a quorum.
+	ReadIndex(ctx context.Context) error
+	// Leadership reports whether this node leads, its term, and whether it
+	// has seen a quorum within an election timeout.
+	Leadership() (leader bool, term uint64, quorum bool)
+	// LeaderURL is the leader's URL, "" if none is known.
+	LeaderURL() string
+}
+
+// Config is what a Server is built from.
 type Config struct {
+	Raft    Raft
+	Table   *locks.Table
 	Cluster Cluster
-	Logger  zerolog.Logger
+	// MinTTL is the shortest lease TTL granted: the election timeout, so a
+	// lease cannot expire during an ordinary failover.
+	MinTTL time.Duration
+	// Tick is how often the leader checks lease deadlines and delays.
+	Tick   time.Duration
+	Logger zerolog.Logger
+}
+
+// Server serves the lockd API.
+type Server struct {
+	cfg    Config
+	raft   Raft
+	table  *locks.Table
+	hub    *hub
+	keeper *keeper
+	log    zerolog.Logger
+
+	forwardMu sync.Mutex
+	forwards  map[string]lockdv1connect.LeaseServiceClient
+	hc        *http.Client
+
+	// bg is the context of work that outlives a request (withdrawals).
+	bg     context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New builds a server and subscribes it to the table's events.
+func New(cfg Config) *Server {
+	if cfg.Tick == 0 {
+		cfg.Tick = 50 * time.Millisecond
+	}
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	s := &Server{
+		cfg:      cfg,
+		raft:     cfg.Raft,
+		table:    cfg.Table,
+		hub:      newHub(),
+		log:      cfg.Logger,
+		forwards: map[string]lockdv1connect.LeaseServiceClient{},
+		hc:       &http.Client{Transport: tr},
+	}
+	s.keeper = newKeeper(cfg.Raft, cfg.Table, cfg.Tick, cfg.Logger.With().Str("component", "keeper").Logger())
+	s.bg, s.cancel = context.WithCancel(context.Background())
+	cfg.Table.Observe(func(events []locks.Event) {
+		s.hub.publish(events)
+		s.keeper.observe(events)
+	})
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.keeper.run(s.bg)
+	}()
+	return s
+}
+
+// Close stops the leader's background work.
+func (s *Server) Close() {
+	s.cancel()
+	s.wg.Wait()
 }
 
 // Register mounts every service on mux.
-func Register(mux *http.ServeMux, cfg Config) {
+func (s *Server) Register(mux *http.ServeMux) {
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(MaxRequestBytes),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
-			cfg.Logger.Error().Str("procedure", spec.Procedure).Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
+			s.log.Error().Str("procedure", spec.Procedure).Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s", spec.Procedure))
 		}),
 	}
-	mux.Handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: cfg.Cluster}, opts...))
+	mux.Handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: s.cfg.Cluster}, opts...))
+	mux.Handle(lockdv1connect.NewLeaseServiceHandler(&leaseHandler{s}, opts...))
+	mux.Handle(lockdv1connect.NewLockServiceHandler(&lockHandler{s}, opts...))
+	mux.Handle(lockdv1connect.NewElectionServiceHandler(&electionHandler{s}, opts...))
 
-	services := []string{lockdv1connect.ClusterServiceName}
+	services := []string{
+		lockdv1connect.ClusterServiceName,
+		lockdv1connect.LeaseServiceName,
+		lockdv1connect.LockServiceName,
+		lockdv1connect.ElectionServiceName,
+	}
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...)))
 	reflector := grpcreflect.NewStaticReflector(services...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 }
+
+// propose replicates cmd and returns the table's result; a command the
+// table rejected comes back as its *locks.Error.
+func (s *Server) propose(ctx context.Context, cmd *statev1.Command) (*locks.Result, error) {
+	cmd.ProposedUnixNano = time.Now().UnixNano()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.raft.Propose(ctx, data)
+	if err != nil {
+		return nil, s.unavailable(err)
+	}
+	res, ok := v.(*locks.Result)
+	if !ok || res == nil {
+		return nil, fmt.Errorf("unexpected apply result %T", v)
+	}
+	if res.Err != nil {
+		return res, res.Err
+	}
+	return res, nil
+}
+
+// read makes the table current for a linearizable read, unless the caller
+// asked for a serializable one.
+func (s *Server) read(ctx context.Context, serializable bool) error {
+	if serializable {
+		return nil
+	}
+	if err := s.raft.ReadIndex(ctx); err != nil {
+		return s.unavailable(err)
+	}
+	return nil
+}
+
+// unavailable turns an error of the raft layer into the Connect error the
+// client sees, naming the leader when one is known.
+func (s *Server) unavailable(err error) error {
+	ce := toConnect(err)
+	if cerr, ok := ce.(*connect.Error); ok && cerr.Code() == connect.CodeUnavailable {
+		if u := s.raft.LeaderURL(); u != "" {
+			cerr.Meta().Set(LeaderHeader, u)
+		}
+	}
+	return ce
+}
+
+func modeOf(m locks.Mode) lockdv1.Mode { return lockdv1.Mode(m) }

@@ -43,9 +43,26 @@ func (a clusterAdapter) Status(ctx context.Context) (*lockdv1.StatusResponse, er
 	return resp, nil
 }
 
+// raftAdapter is the node as the server sees it.
+type raftAdapter struct{ n *node.Node }
+
+func (a raftAdapter) Propose(ctx context.Context, cmd []byte) (any, error) {
+	v, err := a.n.Propose(ctx, cmd)
+	return v, nodeError(err)
+}
+
+func (a raftAdapter) ReadIndex(ctx context.Context) error { return nodeError(a.n.ReadIndex(ctx)) }
+
+func (a raftAdapter) Leadership() (bool, uint64, bool) { return a.n.Leadership() }
+
+func (a raftAdapter) LeaderURL() string { return a.n.LeaderURL() }
+
 // nodeError marks the node's errors that mean "try again, maybe elsewhere"
 // so the server answers them with Unavailable.
 func nodeError(err error) error {
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrNoLeader) || errors.Is(err, node.ErrReadTimeout) {
 		return fmt.Errorf("%w: %w", server.ErrUnavailable, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lockd-io/lockd/locks"
 	"github.com/lockd-io/lockd/node"
 	"github.com/lockd-io/lockd/server"
 	"github.com/lockd-io/lockd/store"
@@ -92,11 +93,12 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer st.Close()
 
+	table := locks.NewTable()
 	n, err := node.Start(node.Config{
 		Name:              c.name,
 		InitialCluster:    peers,
 		Store:             st,
-		StateMachine:      newStateMachine(),
+		StateMachine:      table,
 		HeartbeatInterval: c.heartbeat,
 		ElectionTimeout:   c.electionTimeout,
 		SnapshotEntries:   c.snapshotEntries,
@@ -107,11 +109,17 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer n.Stop()
 
-	mux := http.NewServeMux()
-	server.Register(mux, server.Config{
+	api := server.New(server.Config{
+		Raft:    raftAdapter{n},
+		Table:   table,
 		Cluster: clusterAdapter{n},
+		MinTTL:  c.electionTimeout,
+		Tick:    c.heartbeat / 2,
 		Logger:  log.With().Str("component", "server").Logger(),
 	})
+	defer api.Close()
+	mux := http.NewServeMux()
+	api.Register(mux)
 	mux.Handle(node.PeerPathPrefix, n.PeerHandler())
 	srv := &http.Server{
 		Handler:           mux,
@@ -146,6 +154,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err := n.TransferLeadership(ctx); err != nil {
 		log.Warn().Err(err).Msg("leadership handover failed")
 	}
+	api.Close()
 	// Stopping the node ends the peer streams, which would otherwise keep
 	// Shutdown waiting; client requests still in flight fail fast with
 	// Unavailable and their clients retry on another node.

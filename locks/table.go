@@ -1,0 +1,679 @@
+package locks
+
+import (
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Mode is how a holder holds a lock. Its values are the API's.
+type Mode int32
+
+const (
+	// ModeDefault is exclusive for a lock of capacity 1 and shared (one
+	// slot) for a lock of larger capacity.
+	ModeDefault Mode = 0
+	// ModeExclusive holds the lock alone.
+	ModeExclusive Mode = 1
+	// ModeShared holds the lock beside other shared holders, up to the
+	// lock's capacity.
+	ModeShared Mode = 2
+)
+
+// Table is the replicated lock table. Apply, Snapshot and Restore are called
+// by the raft loop; the read methods may be called from any goroutine.
+type Table struct {
+	mu       sync.RWMutex
+	rev      uint64 // last revision
+	term     uint64 // highest raft term among applied entries
+	leases   map[uint64]*lease
+	locks    map[string]*lock
+	waiters  map[uint64]*waiter
+	nsWaits  map[string]int // queued waiter entries per namespace
+	events   []Event        // of the command being applied
+	observer func([]Event)
+}
+
+type lease struct {
+	id         uint64
+	ttl        time.Duration
+	owner      string
+	grantedRev uint64
+	holds      map[string]*holder // by lock name
+	waits      map[uint64]*waiter // by waiter id
+	dedup      []*statev1.Dedup   // the most recent results, oldest first
+}
+
+type waiter struct {
+	id        uint64 // the revision at which it queued
+	lease     *lease
+	names     []string
+	mode      Mode
+	value     []byte
+	requestID uint64
+}
+
+type holder struct {
+	lease    *lease
+	token    uint64
+	mode     Mode
+	value    []byte
+	waiterID uint64 // the waiter it was granted to; 0 if granted at once
+}
+
+type lock struct {
+	name         string
+	capacity     uint32
+	delay        time.Duration
+	delayedUntil int64 // Unix nanoseconds, for display; 0 = not delayed
+	delayReason  string
+	delayRev     uint64 // the revision at which the current delay began
+	holders      []*holder
+	queue        []*waiter
+}
+
+func (l *lock) delayed() bool { return l.delayRev != 0 }
+
+// NewTable returns an empty table.
+func NewTable() *Table {
+	return &Table{
+		leases:  map[uint64]*lease{},
+		locks:   map[string]*lock{},
+		waiters: map[uint64]*waiter{},
+		nsWaits: map[string]int{},
+	}
+}
+
+// Observe registers fn to receive the events of every applied command, in
+// order, on the applying goroutine, after the table's lock is released. fn
+// must not block.
+func (t *Table) Observe(fn func([]Event)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.observer = fn
+}
+
+// Revision is the table's last revision.
+func (t *Table) Revision() uint64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.rev
+}
+
+// Apply applies one committed raft entry and returns its *Result (nil for an
+// empty entry). A command that fails returns a Result with Err set and
+// changes nothing.
+func (t *Table) Apply(index, term uint64, data []byte) any {
+	t.mu.Lock()
+	if term > t.term {
+		t.term = term
+	}
+	var res *Result
+	if len(data) > 0 {
+		res = t.apply(data)
+	}
+	events, observer := t.events, t.observer
+	t.events = nil
+	t.mu.Unlock()
+	if observer != nil && len(events) > 0 {
+		observer(events)
+	}
+	if res == nil {
+		return nil
+	}
+	return res
+}
+
+func (t *Table) apply(data []byte) *Result {
+	cmd := new(statev1.Command)
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		return &Result{Err: errorf(Invalid, "undecodable command: %v", err)}
+	}
+	now := cmd.GetProposedUnixNano()
+	switch op := cmd.GetOp().(type) {
+	case *statev1.Command_GrantLease:
+		return t.grantLease(op.GrantLease)
+	case *statev1.Command_RevokeLease:
+		return t.endLease(op.RevokeLease.GetLeaseId(), "revoked", now)
+	case *statev1.Command_ExpireLease:
+		if op.ExpireLease.GetTerm() < t.term {
+			// Proposed by a leader whose term has passed: the new leader
+			// restarted every deadline and decides afresh.
+			return &Result{Ignored: true, Revision: t.rev}
+		}
+		return t.endLease(op.ExpireLease.GetLeaseId(), "expired", now)
+	case *statev1.Command_Acquire:
+		a := op.Acquire
+		return t.dedup(a.GetLeaseId(), a.GetRequestId(), func(l *lease) *Result { return t.acquire(l, a) })
+	case *statev1.Command_Release:
+		r := op.Release
+		return t.dedup(r.GetLeaseId(), r.GetRequestId(), func(l *lease) *Result { return t.release(l, r) })
+	case *statev1.Command_SetValue:
+		s := op.SetValue
+		return t.dedup(s.GetLeaseId(), s.GetRequestId(), func(l *lease) *Result { return t.setValue(l, s) })
+	case *statev1.Command_Cancel:
+		return t.cancel(op.Cancel)
+	case *statev1.Command_ForceRelease:
+		return t.forceRelease(op.ForceRelease, now)
+	case *statev1.Command_EndDelay:
+		return t.endDelay(op.EndDelay)
+	default:
+		return &Result{Err: errorf(Invalid, "unknown command")}
+	}
+}
+
+// dedup runs a lease's request once: a request id seen before returns the
+// result it got the first time and changes nothing.
+func (t *Table) dedup(leaseID, requestID uint64, run func(*lease) *Result) *Result {
+	l, ok := t.leases[leaseID]
+	if !ok {
+		return &Result{Err: errorf(NotFound, "lease %d not found (it never existed, was revoked or expired)", leaseID)}
+	}
+	if requestID != 0 {
+		for _, d := range l.dedup {
+			if d.GetRequestId() == requestID {
+				res := resultFromProto(d.GetResult())
+				res.Duplicate = true
+				return res
+			}
+		}
+	}
+	res := run(l)
+	if requestID != 0 {
+		if _, alive := t.leases[leaseID]; alive {
+			if len(l.dedup) == dedupPerLease {
+				l.dedup = append(l.dedup[:0], l.dedup[1:]...)
+			}
+			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: requestID, Result: res.toProto()})
+		}
+	}
+	return res
+}
+
+func (t *Table) next() uint64 {
+	t.rev++
+	return t.rev
+}
+
+func (t *Table) emit(e Event) {
+	if e.Revision == 0 {
+		e.Revision = t.rev
+	}
+	t.events = append(t.events, e)
+}
+
+func (t *Table) grantLease(g *statev1.GrantLease) *Result {
+	ttl := time.Duration(g.GetTtlMs()) * time.Millisecond
+	switch {
+	case ttl <= 0:
+		return &Result{Err: errorf(Invalid, "lease TTL must be positive")}
+	case ttl > MaxTTL:
+		return &Result{Err: errorf(Invalid, "lease TTL %v exceeds the limit of %v", ttl, MaxTTL)}
+	case len(g.GetOwner()) > MaxOwnerBytes:
+		return &Result{Err: errorf(Invalid, "owner label is %d bytes, more than the limit of %d", len(g.GetOwner()), MaxOwnerBytes)}
+	case len(t.leases) >= MaxLeases:
+		return &Result{Err: errorf(Quota, "the table holds %d leases, its limit", MaxLeases)}
+	}
+	id := t.next()
+	t.leases[id] = &lease{id: id, ttl: ttl, owner: g.GetOwner(), grantedRev: id, holds: map[string]*holder{}, waits: map[uint64]*waiter{}}
+	t.emit(Event{Type: LeaseGranted, LeaseID: id, TTL: ttl})
+	return &Result{Revision: id, LeaseID: id}
+}
+
+// endLease releases everything a lease holds and withdraws its waiters.
+func (t *Table) endLease(id uint64, reason string, now int64) *Result {
+	l, ok := t.leases[id]
+	if !ok {
+		return &Result{Err: errorf(NotFound, "lease %d not found", id)}
+	}
+	t.next()
+	delete(t.leases, id)
+	var touched []*lock
+	for _, w := range sortedWaiters(l.waits) {
+		touched = append(touched, t.unqueue(w, reason)...)
+	}
+	for _, name := range sortedKeys(l.holds) {
+		h := l.holds[name]
+		lk := t.locks[name]
+		t.removeHolder(lk, h)
+		t.emit(Event{Type: Released, Name: name, LeaseID: id, Token: h.token, Reason: reason})
+		if reason == "expired" && lk.delay > 0 {
+			t.startDelay(lk, now, "holder's lease "+reason)
+		}
+		touched = append(touched, lk)
+	}
+	t.emit(Event{Type: LeaseEnded, LeaseID: id, Reason: reason})
+	t.grantAll(touched)
+	return &Result{Revision: t.rev, LeaseID: id}
+}
+
+func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
+	names := a.GetNames()
+	mode := Mode(a.GetMode())
+	capacity := a.GetCapacity()
+	if capacity == 0 {
+		capacity = 1
+	}
+	delay := time.Duration(a.GetLockDelayMs()) * time.Millisecond
+	if err := validateAcquire(names, mode, capacity, delay, a.GetValue()); err != nil {
+		return &Result{Err: err}
+	}
+	if mode == ModeDefault {
+		mode = ModeShared
+		if capacity == 1 {
+			mode = ModeExclusive
+		}
+	}
+	// Reentrancy: a lease that holds every named lock gets its grants back.
+	held := 0
+	for _, n := range names {
+		if _, ok := l.holds[n]; ok {
+			held++
+		}
+	}
+	if held == len(names) {
+		res := &Result{Granted: true, Revision: t.rev}
+		for _, n := range names {
+			res.Tokens = append(res.Tokens, l.holds[n].token)
+		}
+		return res
+	}
+	if held > 0 {
+		return &Result{Err: errorf(Conflict, "lease %d holds some of the locks named but not all; release them or acquire the rest separately", l.id)}
+	}
+	// A lease that already waits for exactly these locks gets its waiter
+	// back; waiting for one of them in another request is a conflict.
+	for _, w := range l.waits {
+		if sameNames(w.names, names) {
+			return &Result{Revision: t.rev, WaiterID: w.id, Position: t.position(w)}
+		}
+		for _, n := range names {
+			if contains(w.names, n) {
+				return &Result{Err: errorf(Conflict, "lease %d already waits for lock %q in another request", l.id, n)}
+			}
+		}
+	}
+	for _, n := range names {
+		if lk, ok := t.locks[n]; ok && (len(lk.holders) > 0 || len(lk.queue) > 0) && lk.capacity != capacity {
+			return &Result{Err: errorf(Conflict, "lock %q has capacity %d, not %d", n, lk.capacity, capacity)}
+		}
+	}
+	if err := t.checkQuotas(l, names); err != nil {
+		return &Result{Err: err}
+	}
+	if a.GetTry() {
+		// A try is granted only if it would be at once: then, being first
+		// in every queue with room in every lock, the grant below is certain.
+		for _, n := range names {
+			if lk, ok := t.locks[n]; ok && !lk.grantableNow(mode) {
+				return &Result{Revision: t.rev}
+			}
+		}
+	}
+	w := &waiter{id: t.next(), lease: l, names: names, mode: mode, value: a.GetValue(), requestID: a.GetRequestId()}
+	for _, n := range names {
+		lk, ok := t.locks[n]
+		if !ok {
+			lk = &lock{name: n, capacity: capacity, delay: delay}
+			t.locks[n] = lk
+		} else if len(lk.holders) == 0 && len(lk.queue) == 0 {
+			lk.capacity, lk.delay = capacity, delay
+		}
+		lk.queue = append(lk.queue, w)
+		t.nsWaits[Namespace(n)]++
+	}
+	t.waiters[w.id] = w
+	l.waits[w.id] = w
+	if !a.GetTry() {
+		for _, n := range names {
+			t.emit(Event{Type: Queued, Name: n, LeaseID: l.id, WaiterID: w.id})
+		}
+	}
+	t.grantAll(t.locksOf(names))
+	if h, ok := l.holds[names[0]]; ok && h.waiterID == w.id {
+		res := &Result{Granted: true, Revision: t.rev, WaiterID: w.id}
+		for _, n := range names {
+			res.Tokens = append(res.Tokens, l.holds[n].token)
+		}
+		return res
+	}
+	return &Result{Revision: w.id, WaiterID: w.id, Position: t.position(w)}
+}
+
+func validateAcquire(names []string, mode Mode, capacity uint32, delay time.Duration, value []byte) *Error {
+	switch {
+	case len(names) == 0:
+		return errorf(Invalid, "no lock named")
+	case len(names) > MaxLocksPerAcquire:
+		return errorf(Invalid, "%d locks in one acquire, more than the limit of %d", len(names), MaxLocksPerAcquire)
+	case mode < ModeDefault || mode > ModeShared:
+		return errorf(Invalid, "unknown mode %d", mode)
+	case capacity > MaxCapacity:
+		return errorf(Invalid, "capacity %d exceeds the limit of %d", capacity, MaxCapacity)
+	case delay < 0 || delay > MaxLockDelay:
+		return errorf(Invalid, "lock delay %v is outside [0, %v]", delay, MaxLockDelay)
+	case len(value) > MaxValueBytes:
+		return errorf(Invalid, "value is %d bytes, more than the limit of %d", len(value), MaxValueBytes)
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		if err := validateName(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return errorf(Invalid, "lock %q named twice", n)
+		}
+		seen[n] = true
+	}
+	return nil
+}
+
+func (t *Table) checkQuotas(l *lease, names []string) *Error {
+	if len(l.holds)+len(l.waits) >= MaxPerLease {
+		return errorf(Quota, "lease %d has %d grants and waits, its limit", l.id, MaxPerLease)
+	}
+	perNS := map[string]int{}
+	for _, n := range names {
+		if lk, ok := t.locks[n]; ok && len(lk.queue) >= MaxWaitersPerLock {
+			return errorf(Quota, "lock %q has %d waiters, its limit", n, MaxWaitersPerLock)
+		}
+		perNS[Namespace(n)]++
+	}
+	for ns, k := range perNS {
+		if t.nsWaits[ns]+k > MaxWaitersPerNamespace {
+			return errorf(Quota, "namespace %q has %d waiters, its limit", ns, MaxWaitersPerNamespace)
+		}
+	}
+	return nil
+}
+
+// grantableNow reports whether a new waiter in mode would be granted at once:
+// nobody queued ahead of it, no delay, and room among the holders.
+func (lk *lock) grantableNow(mode Mode) bool {
+	return len(lk.queue) == 0 && !lk.delayed() && lk.compatible(mode)
+}
+
+func (lk *lock) compatible(mode Mode) bool {
+	if mode == ModeExclusive {
+		return len(lk.holders) == 0
+	}
+	if uint32(len(lk.holders)) >= lk.capacity {
+		return false
+	}
+	for _, h := range lk.holders {
+		if h.mode == ModeExclusive {
+			return false
+		}
+	}
+	return true
+}
+
+// grantAll grants, in queue order, every waiter that can be granted on the
+// given locks and on any lock a grant frees up further.
+func (t *Table) grantAll(work []*lock) {
+	for len(work) > 0 {
+		lk := work[0]
+		work = work[1:]
+		for len(lk.queue) > 0 {
+			w := lk.queue[0]
+			if !t.grantable(w) {
+				break
+			}
+			t.grant(w)
+			for _, n := range w.names {
+				if n != lk.name {
+					work = append(work, t.locks[n])
+				}
+			}
+		}
+		t.maybeDelete(lk)
+	}
+}
+
+// grantable: w is at the head of every queue it is in, none of its locks is
+// delayed, and each has room for it.
+func (t *Table) grantable(w *waiter) bool {
+	for _, n := range w.names {
+		lk := t.locks[n]
+		if lk.queue[0] != w || lk.delayed() || !lk.compatible(w.mode) {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *Table) grant(w *waiter) {
+	token := t.next()
+	for _, n := range w.names {
+		lk := t.locks[n]
+		lk.queue = lk.queue[1:]
+		t.nsWaits[Namespace(n)]--
+		h := &holder{lease: w.lease, token: token, mode: w.mode, value: w.value, waiterID: w.id}
+		lk.holders = append(lk.holders, h)
+		w.lease.holds[n] = h
+		t.emit(Event{Type: Granted, Name: n, LeaseID: w.lease.id, Token: token, WaiterID: w.id})
+	}
+	delete(t.waiters, w.id)
+	delete(w.lease.waits, w.id)
+}
+
+// unqueue removes a waiter from every queue and returns its locks.
+func (t *Table) unqueue(w *waiter, reason string) []*lock {
+	var locks []*lock
+	for _, n := range w.names {
+		lk := t.locks[n]
+		for i, q := range lk.queue {
+			if q == w {
+				lk.queue = append(lk.queue[:i:i], lk.queue[i+1:]...)
+				break
+			}
+		}
+		t.nsWaits[Namespace(n)]--
+		if t.nsWaits[Namespace(n)] == 0 {
+			delete(t.nsWaits, Namespace(n))
+		}
+		if reason != "" {
+			t.emit(Event{Type: Withdrawn, Name: n, LeaseID: w.lease.id, WaiterID: w.id, Reason: reason})
+		}
+		locks = append(locks, lk)
+	}
+	delete(t.waiters, w.id)
+	delete(w.lease.waits, w.id)
+	for _, lk := range locks {
+		t.maybeDelete(lk)
+	}
+	return locks
+}
+
+func (t *Table) removeHolder(lk *lock, h *holder) {
+	for i, x := range lk.holders {
+		if x == h {
+			lk.holders = append(lk.holders[:i:i], lk.holders[i+1:]...)
+			break
+		}
+	}
+	delete(h.lease.holds, lk.name)
+}
+
+func (t *Table) maybeDelete(lk *lock) {
+	if len(lk.holders) == 0 && len(lk.queue) == 0 && !lk.delayed() && t.locks[lk.name] == lk {
+		delete(t.locks, lk.name)
+	}
+}
+
+func (t *Table) startDelay(lk *lock, now int64, reason string) {
+	lk.delayRev = t.rev
+	lk.delayedUntil = now + int64(lk.delay)
+	lk.delayReason = reason
+	t.emit(Event{Type: Delayed, Name: lk.name, Reason: reason, Delay: lk.delay, DelayRevision: lk.delayRev})
+}
+
+func (t *Table) release(l *lease, r *statev1.Release) *Result {
+	lk, ok := t.locks[r.GetName()]
+	h, held := l.holds[r.GetName()]
+	if !ok || !held {
+		return &Result{Err: errorf(NotHolder, "lease %d does not hold lock %q", l.id, r.GetName())}
+	}
+	if r.GetToken() != 0 && r.GetToken() != h.token {
+		return &Result{Err: errorf(NotHolder, "token %d of lock %q is stale: lease %d holds it with token %d", r.GetToken(), r.GetName(), l.id, h.token)}
+	}
+	t.next()
+	t.removeHolder(lk, h)
+	t.emit(Event{Type: Released, Name: lk.name, LeaseID: l.id, Token: h.token, Reason: "released"})
+	t.grantAll([]*lock{lk})
+	return &Result{Revision: t.rev}
+}
+
+func (t *Table) setValue(l *lease, s *statev1.SetValue) *Result {
+	h, held := l.holds[s.GetName()]
+	switch {
+	case len(s.GetValue()) > MaxValueBytes:
+		return &Result{Err: errorf(Invalid, "value is %d bytes, more than the limit of %d", len(s.GetValue()), MaxValueBytes)}
+	case !held:
+		return &Result{Err: errorf(NotHolder, "lease %d does not hold %q", l.id, s.GetName())}
+	case s.GetToken() != 0 && s.GetToken() != h.token:
+		return &Result{Err: errorf(NotHolder, "term %d of %q is over: lease %d holds it in term %d", s.GetToken(), s.GetName(), l.id, h.token)}
+	}
+	t.next()
+	h.value = s.GetValue()
+	t.emit(Event{Type: ValueSet, Name: s.GetName(), LeaseID: l.id, Token: h.token})
+	return &Result{Revision: t.rev, Tokens: []uint64{h.token}}
+}
+
+func (t *Table) cancel(c *statev1.Cancel) *Result {
+	l, ok := t.leases[c.GetLeaseId()]
+	if !ok {
+		return &Result{Err: errorf(NotFound, "lease %d not found", c.GetLeaseId())}
+	}
+	if w, ok := l.waits[c.GetWaiterId()]; ok {
+		t.next()
+		t.grantAll(t.unqueue(w, "withdrawn"))
+		return &Result{Revision: t.rev, Count: 1}
+	}
+	// The grant won the race with the withdrawal: release it, so that a
+	// caller told it failed never holds the lock.
+	var touched []*lock
+	for _, name := range sortedKeys(l.holds) {
+		h := l.holds[name]
+		if c.GetWaiterId() == 0 || h.waiterID != c.GetWaiterId() {
+			continue
+		}
+		if len(touched) == 0 {
+			t.next()
+		}
+		lk := t.locks[name]
+		t.removeHolder(lk, h)
+		t.emit(Event{Type: Released, Name: name, LeaseID: l.id, Token: h.token, Reason: "withdrawn"})
+		touched = append(touched, lk)
+	}
+	t.grantAll(touched)
+	return &Result{Revision: t.rev, Count: uint32(len(touched))}
+}
+
+func (t *Table) forceRelease(f *statev1.ForceRelease, now int64) *Result {
+	reason := strings.TrimSpace(f.GetReason())
+	switch {
+	case reason == "":
+		return &Result{Err: errorf(Invalid, "a force release needs a reason")}
+	case len(reason) > MaxReasonBytes:
+		return &Result{Err: errorf(Invalid, "reason is %d bytes, more than the limit of %d", len(reason), MaxReasonBytes)}
+	}
+	lk, ok := t.locks[f.GetName()]
+	var victims []*holder
+	if ok {
+		for _, h := range lk.holders {
+			if f.GetToken() == 0 || h.token == f.GetToken() {
+				victims = append(victims, h)
+			}
+		}
+	}
+	if len(victims) == 0 {
+		if f.GetToken() != 0 {
+			return &Result{Err: errorf(NotHolder, "lock %q has no grant with token %d", f.GetName(), f.GetToken())}
+		}
+		return &Result{Err: errorf(NotHolder, "lock %q is not held", f.GetName())}
+	}
+	t.next()
+	for _, h := range victims {
+		t.removeHolder(lk, h)
+		t.emit(Event{Type: ForceReleased, Name: lk.name, LeaseID: h.lease.id, Token: h.token, Reason: reason})
+	}
+	if lk.delay > 0 {
+		t.startDelay(lk, now, "force released: "+reason)
+	}
+	t.grantAll([]*lock{lk})
+	return &Result{Revision: t.rev, Count: uint32(len(victims))}
+}
+
+func (t *Table) endDelay(e *statev1.EndDelay) *Result {
+	lk, ok := t.locks[e.GetName()]
+	if !ok || !lk.delayed() || lk.delayRev != e.GetDelayRevision() {
+		return &Result{Ignored: true, Revision: t.rev}
+	}
+	t.next()
+	lk.delayRev, lk.delayedUntil, lk.delayReason = 0, 0, ""
+	t.emit(Event{Type: DelayEnded, Name: lk.name})
+	t.grantAll([]*lock{lk})
+	return &Result{Revision: t.rev}
+}
+
+// position is a waiter's 1-based place in the queue of its first lock.
+func (t *Table) position(w *waiter) uint32 {
+	for i, q := range t.locks[w.names[0]].queue {
+		if q == w {
+			return uint32(i + 1)
+		}
+	}
+	return 0
+}
+
+func (t *Table) locksOf(names []string) []*lock {
+	out := make([]*lock, 0, len(names))
+	for _, n := range names {
+		out = append(out, t.locks[n])
+	}
+	return out
+}
+
+func sameNames(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(s []string, x string) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func sortedWaiters(m map[uint64]*waiter) []*waiter {
+	out := make([]*waiter, 0, len(m))
+	for _, w := range m {
+		out = append(out, w)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}

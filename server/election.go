@@ -1,0 +1,124 @@
+package server
+
+import (
+	"bytes"
+	"context"
+
+	"connectrpc.com/connect"
+	"github.com/lockd-io/lockd/election"
+	"github.com/lockd-io/lockd/locks"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+)
+
+type electionHandler struct{ s *Server }
+
+func validateElection(name string) error {
+	if err := election.ValidateName(name); err != nil {
+		return invalid("election name: %v", err)
+	}
+	return nil
+}
+
+func (h *electionHandler) Campaign(ctx context.Context, req *connect.Request[lockdv1.CampaignRequest]) (*connect.Response[lockdv1.CampaignResponse], error) {
+	m := req.Msg
+	if err := validateElection(m.GetName()); err != nil {
+		return nil, err
+	}
+	if m.GetLeaseId() == 0 {
+		return nil, invalid("lease_id is required")
+	}
+	if len(m.GetValue()) > locks.MaxValueBytes {
+		return nil, invalid("value is %d bytes, more than the limit of %d", len(m.GetValue()), locks.MaxValueBytes)
+	}
+	res, err := h.s.acquire(ctx, election.Campaign(m.GetName(), m.GetLeaseId(), m.GetRequestId(), m.GetValue()), nil)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.CampaignResponse{Term: res.Tokens[0], Revision: res.Revision}), nil
+}
+
+func (h *electionHandler) Proclaim(ctx context.Context, req *connect.Request[lockdv1.ProclaimRequest]) (*connect.Response[lockdv1.ProclaimResponse], error) {
+	m := req.Msg
+	if err := validateElection(m.GetName()); err != nil {
+		return nil, err
+	}
+	if m.GetLeaseId() == 0 || m.GetTerm() == 0 {
+		return nil, invalid("lease_id and term are required")
+	}
+	res, err := h.s.propose(ctx, &statev1.Command{Op: &statev1.Command_SetValue{SetValue: election.Proclaim(m.GetName(), m.GetLeaseId(), m.GetTerm(), m.GetValue())}})
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.ProclaimResponse{Revision: res.Revision}), nil
+}
+
+func leaderResponse(info locks.LockInfo, rev uint64) *lockdv1.LeaderResponse {
+	resp := &lockdv1.LeaderResponse{Revision: rev}
+	if l, ok := election.LeaderOf(info); ok {
+		resp.Leader = &lockdv1.LeaderInfo{Value: l.Value, Term: l.Term, LeaseId: l.LeaseID, Owner: l.Owner}
+	}
+	return resp
+}
+
+func (h *electionHandler) Leader(ctx context.Context, req *connect.Request[lockdv1.LeaderRequest]) (*connect.Response[lockdv1.LeaderResponse], error) {
+	if err := validateElection(req.Msg.GetName()); err != nil {
+		return nil, err
+	}
+	if err := h.s.read(ctx, req.Msg.GetSerializable()); err != nil {
+		return nil, err
+	}
+	info, rev, _ := h.s.table.Describe(election.LockName(req.Msg.GetName()))
+	return connect.NewResponse(leaderResponse(info, rev)), nil
+}
+
+func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lockdv1.ObserveRequest], stream *connect.ServerStream[lockdv1.LeaderResponse]) error {
+	if err := validateElection(req.Msg.GetName()); err != nil {
+		return err
+	}
+	name := election.LockName(req.Msg.GetName())
+	var last *lockdv1.LeaderResponse
+	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, 0,
+		func(_ *locks.Event, state locks.LockInfo, rev uint64) error {
+			resp := leaderResponse(state, rev)
+			if last != nil && sameLeader(last.GetLeader(), resp.GetLeader()) {
+				return nil // a queue change, not a leader change
+			}
+			last = resp
+			return stream.Send(resp)
+		},
+		func(uint64) ([]locks.LockInfo, error) {
+			info, _, _ := h.s.table.Describe(name)
+			return []locks.LockInfo{info}, nil
+		})
+}
+
+func sameLeader(a, b *lockdv1.LeaderInfo) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.GetTerm() == b.GetTerm() && a.GetLeaseId() == b.GetLeaseId() && bytes.Equal(a.GetValue(), b.GetValue())
+}
+
+func (h *electionHandler) Resign(ctx context.Context, req *connect.Request[lockdv1.ResignRequest]) (*connect.Response[lockdv1.ResignResponse], error) {
+	m := req.Msg
+	if err := validateElection(m.GetName()); err != nil {
+		return nil, err
+	}
+	if m.GetLeaseId() == 0 {
+		return nil, invalid("lease_id is required")
+	}
+	if err := h.s.read(ctx, false); err != nil {
+		return nil, err
+	}
+	info, _, _ := h.s.table.Describe(election.LockName(m.GetName()))
+	cmd, err := election.Resign(info, m.GetLeaseId(), m.GetTerm())
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	res, err := h.s.propose(ctx, cmd)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.ResignResponse{Revision: res.Revision}), nil
+}

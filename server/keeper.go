@@ -1,0 +1,206 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/lockd-io/lockd/locks"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+)
+
+// keeper is the leader's half of leases and lock-delays: it tracks lease
+// deadlines on this node's monotonic clock, answers keep-alives without
+// touching the raft log, and proposes the expiry of leases whose deadline
+// passed and the end of lock-delays that ran out.
+//
+// Its guarantees, which the docs repeat: a lease never expires before TTL
+// after the last keep-alive the leader saw, because a new leader restarts
+// every deadline at now+TTL before it expires anything, an expiry is
+// proposed only while the leader has seen a quorum within an election
+// timeout, and an expiry proposed in an old term is ignored at apply. It
+// expires at most TTL plus one failover (election timeout and a tick) after
+// the last keep-alive.
+type keeper struct {
+	raft  Raft
+	table *locks.Table
+	log   zerolog.Logger
+	tick  time.Duration
+
+	mu        sync.Mutex
+	term      uint64 // the term the deadlines were set up in; 0 when not leading
+	deadlines *locks.Deadlines
+	delays    map[string]delayEnd // lock name → when its delay ends
+	inflight  map[uint64]bool     // leases whose expiry is being proposed
+	ending    map[string]bool     // locks whose delay end is being proposed
+}
+
+type delayEnd struct {
+	rev uint64
+	at  time.Time
+}
+
+func newKeeper(r Raft, t *locks.Table, tick time.Duration, log zerolog.Logger) *keeper {
+	return &keeper{raft: r, table: t, tick: tick, log: log, deadlines: locks.NewDeadlines(),
+		delays: map[string]delayEnd{}, inflight: map[uint64]bool{}, ending: map[string]bool{}}
+}
+
+// run drives expiries until ctx ends.
+func (k *keeper) run(ctx context.Context) {
+	t := time.NewTicker(k.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			k.step(ctx)
+		}
+	}
+}
+
+// sync makes the keeper's state follow this node's leadership and reports
+// whether it leads now.
+func (k *keeper) syncLocked(now time.Time) (leader bool, term uint64, quorum bool) {
+	leader, term, quorum = k.raft.Leadership()
+	switch {
+	case !leader:
+		if k.term != 0 {
+			k.term = 0
+			k.deadlines.Reset(nil, now)
+			clear(k.delays)
+		}
+	case k.term != term:
+		// Taking office: every lease gets a full TTL from now, every delay
+		// its full length, whatever the previous leader had counted.
+		k.term = term
+		k.deadlines.Reset(k.table.LeaseTTLs(), now)
+		clear(k.delays)
+		for _, d := range k.table.DelayedLocks() {
+			k.delays[d.Name] = delayEnd{rev: d.DelayRevision, at: now.Add(d.Delay)}
+		}
+		k.log.Info().Uint64("term", term).Int("leases", k.deadlines.Len()).Int("delays", len(k.delays)).Msg("leading: lease deadlines restarted")
+	}
+	return leader, term, quorum
+}
+
+func (k *keeper) step(ctx context.Context) {
+	now := time.Now()
+	k.mu.Lock()
+	leader, term, quorum := k.syncLocked(now)
+	if !leader || !quorum {
+		k.mu.Unlock()
+		return
+	}
+	var expire []uint64
+	for _, id := range k.deadlines.Expired(now, 1024) {
+		if !k.inflight[id] {
+			k.inflight[id] = true
+			expire = append(expire, id)
+		}
+	}
+	var ends []*statev1.EndDelay
+	for name, d := range k.delays {
+		if !d.at.After(now) && !k.ending[name] {
+			k.ending[name] = true
+			ends = append(ends, &statev1.EndDelay{Name: name, DelayRevision: d.rev})
+		}
+	}
+	k.mu.Unlock()
+	for _, id := range expire {
+		go k.propose(ctx, &statev1.Command{Op: &statev1.Command_ExpireLease{ExpireLease: &statev1.ExpireLease{LeaseId: id, Term: term}}}, func() {
+			k.mu.Lock()
+			delete(k.inflight, id)
+			k.mu.Unlock()
+		})
+	}
+	for _, e := range ends {
+		go k.propose(ctx, &statev1.Command{Op: &statev1.Command_EndDelay{EndDelay: e}}, func() {
+			k.mu.Lock()
+			delete(k.ending, e.GetName())
+			k.mu.Unlock()
+		})
+	}
+}
+
+func (k *keeper) propose(ctx context.Context, cmd *statev1.Command, done func()) {
+	defer done()
+	cmd.ProposedUnixNano = time.Now().UnixNano()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := k.raft.Propose(ctx, data); err != nil {
+		k.log.Debug().Err(err).Msg("leader proposal failed; retrying on a later tick")
+	}
+}
+
+// observe follows the table's events: new leases get a deadline, ended
+// ones are forgotten, delays are scheduled.
+func (k *keeper) observe(events []locks.Event) {
+	now := time.Now()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.term == 0 {
+		return // not leading; a new leader reads the table when it starts
+	}
+	for _, e := range events {
+		switch e.Type {
+		case locks.LeaseGranted:
+			k.deadlines.Add(e.LeaseID, e.TTL, now)
+		case locks.LeaseEnded:
+			k.deadlines.Remove(e.LeaseID)
+		case locks.Delayed:
+			k.delays[e.Name] = delayEnd{rev: e.DelayRevision, at: now.Add(e.Delay)}
+		case locks.DelayEnded:
+			delete(k.delays, e.Name)
+		}
+	}
+}
+
+// keepAlive restarts a lease's deadline. ok is false if this node does not
+// lead; the lease is unknown if found is false.
+func (k *keeper) keepAlive(ctx context.Context, id uint64) (ttl time.Duration, leader, found bool, err error) {
+	now := time.Now()
+	k.mu.Lock()
+	leader, _, _ = k.syncLocked(now)
+	if !leader {
+		k.mu.Unlock()
+		return 0, false, false, nil
+	}
+	ttl, found = k.deadlines.KeepAlive(id, now)
+	k.mu.Unlock()
+	if found {
+		return ttl, true, true, nil
+	}
+	// Granted so recently that this node has not applied it yet? Catch up
+	// with the commit index and look again.
+	if err := k.raft.ReadIndex(ctx); err != nil {
+		return 0, true, false, err
+	}
+	info, ok := k.table.Lease(id)
+	if !ok {
+		return 0, true, false, nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.term == 0 {
+		return 0, false, false, nil
+	}
+	k.deadlines.Add(id, info.TTL, time.Now())
+	return info.TTL, true, true, nil
+}
+
+// remaining is how long a lease has left on this leader's clock.
+func (k *keeper) remaining(id uint64) (time.Duration, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.term == 0 {
+		return 0, false
+	}
+	return k.deadlines.Remaining(id, time.Now())
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	"github.com/lockd-io/lockd/locks"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// forwardedHeader marks a keep-alive forwarded to the leader, so that two
+// nodes that disagree about who leads cannot bounce it between them.
+const forwardedHeader = "Lockd-Forwarded"
+
+type leaseHandler struct{ s *Server }
+
+func (h *leaseHandler) Grant(ctx context.Context, req *connect.Request[lockdv1.GrantRequest]) (*connect.Response[lockdv1.GrantResponse], error) {
+	m := req.Msg
+	if m.GetTtl() == nil {
+		return nil, invalid("ttl is required")
+	}
+	if err := m.GetTtl().CheckValid(); err != nil {
+		return nil, invalid("ttl: %v", err)
+	}
+	ttl := m.GetTtl().AsDuration()
+	switch {
+	case ttl < h.s.cfg.MinTTL:
+		return nil, invalid("ttl %v is below the minimum of %v (the cluster's election timeout): a shorter lease could expire during an ordinary leader election", ttl, h.s.cfg.MinTTL)
+	case ttl > locks.MaxTTL:
+		return nil, invalid("ttl %v is above the maximum of %v", ttl, locks.MaxTTL)
+	case len(m.GetOwner()) > locks.MaxOwnerBytes:
+		return nil, invalid("owner is %d bytes, more than the limit of %d", len(m.GetOwner()), locks.MaxOwnerBytes)
+	}
+	res, err := h.s.propose(ctx, &statev1.Command{Op: &statev1.Command_GrantLease{GrantLease: &statev1.GrantLease{TtlMs: ttl.Milliseconds(), Owner: m.GetOwner()}}})
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.GrantResponse{LeaseId: res.LeaseID, Ttl: durationpb.New(ttl), Revision: res.Revision}), nil
+}
+
+func (h *leaseHandler) KeepAlive(ctx context.Context, req *connect.Request[lockdv1.KeepAliveRequest]) (*connect.Response[lockdv1.KeepAliveResponse], error) {
+	id := req.Msg.GetLeaseId()
+	if id == 0 {
+		return nil, invalid("lease_id is required")
+	}
+	ttl, leader, found, err := h.s.keeper.keepAlive(ctx, id)
+	switch {
+	case err != nil:
+		return nil, h.s.unavailable(err)
+	case !leader:
+		return h.forward(ctx, req)
+	case !found:
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found (it never existed, was revoked or expired)", id))
+	}
+	return connect.NewResponse(&lockdv1.KeepAliveResponse{Ttl: durationpb.New(ttl)}), nil
+}
+
+// forward sends a keep-alive to the leader, which alone tracks deadlines.
+func (h *leaseHandler) forward(ctx context.Context, req *connect.Request[lockdv1.KeepAliveRequest]) (*connect.Response[lockdv1.KeepAliveResponse], error) {
+	url := h.s.raft.LeaderURL()
+	if url == "" || req.Header().Get(forwardedHeader) != "" {
+		return nil, h.s.unavailable(fmt.Errorf("%w: this node does not lead and knows no leader to forward the keep-alive to", ErrUnavailable))
+	}
+	h.s.forwardMu.Lock()
+	c, ok := h.s.forwards[url]
+	if !ok {
+		c = lockdv1connect.NewLeaseServiceClient(h.s.hc, url)
+		h.s.forwards[url] = c
+	}
+	h.s.forwardMu.Unlock()
+	fwd := connect.NewRequest(req.Msg)
+	fwd.Header().Set(forwardedHeader, "1")
+	resp, err := c.KeepAlive(ctx, fwd)
+	if err != nil {
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			return nil, ce
+		}
+		return nil, h.s.unavailable(fmt.Errorf("%w: forwarding to the leader: %v", ErrUnavailable, err))
+	}
+	return connect.NewResponse(resp.Msg), nil
+}
+
+func (h *leaseHandler) Revoke(ctx context.Context, req *connect.Request[lockdv1.RevokeRequest]) (*connect.Response[lockdv1.RevokeResponse], error) {
+	if req.Msg.GetLeaseId() == 0 {
+		return nil, invalid("lease_id is required")
+	}
+	res, err := h.s.propose(ctx, &statev1.Command{Op: &statev1.Command_RevokeLease{RevokeLease: &statev1.RevokeLease{LeaseId: req.Msg.GetLeaseId()}}})
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.RevokeResponse{Revision: res.Revision}), nil
+}
+
+func (h *leaseHandler) Get(ctx context.Context, req *connect.Request[lockdv1.GetLeaseRequest]) (*connect.Response[lockdv1.GetLeaseResponse], error) {
+	if err := h.s.read(ctx, req.Msg.GetSerializable()); err != nil {
+		return nil, err
+	}
+	info, ok := h.s.table.Lease(req.Msg.GetLeaseId())
+	if !ok {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", req.Msg.GetLeaseId()))
+	}
+	l := &lockdv1.Lease{Id: info.ID, Ttl: durationpb.New(info.TTL), Owner: info.Owner, GrantedRevision: info.GrantedRev, Waiting: info.Waiting}
+	for _, g := range info.Held {
+		l.Held = append(l.Held, &lockdv1.Grant{Name: g.Name, Token: g.Token, Mode: modeOf(g.Mode)})
+	}
+	return connect.NewResponse(&lockdv1.GetLeaseResponse{Lease: l}), nil
+}
+
+func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.LeaseEventsRequest], stream *connect.ServerStream[lockdv1.LeaseEvent]) error {
+	id := req.Msg.GetLeaseId()
+	sub, _, _ := h.s.hub.subscribe(func(e locks.Event) bool { return e.LeaseID == id }, 0)
+	defer sub.close()
+	if err := h.s.read(ctx, false); err != nil {
+		return err
+	}
+	if _, ok := h.s.table.Lease(id); !ok {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", id))
+	}
+	// Start with what the lease holds now, so a client that reconnects
+	// learns its grants without a separate call.
+	info, _ := h.s.table.Lease(id)
+	floor := h.s.table.Revision()
+	for _, g := range info.Held {
+		if err := stream.Send(&lockdv1.LeaseEvent{Type: lockdv1.LeaseEvent_TYPE_GRANTED, Revision: floor, Name: g.Name, Token: g.Token, Reason: "held"}); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.lost:
+			return connect.NewError(connect.CodeResourceExhausted, errors.New("the stream fell behind; reconnect"))
+		case e := <-sub.c:
+			if e.Revision <= floor {
+				continue
+			}
+			ev := &lockdv1.LeaseEvent{Revision: e.Revision, Name: e.Name, Token: e.Token, Reason: e.Reason}
+			switch e.Type {
+			case locks.Granted:
+				ev.Type = lockdv1.LeaseEvent_TYPE_GRANTED
+			case locks.Released:
+				ev.Type = lockdv1.LeaseEvent_TYPE_RELEASED
+				if e.Reason == "expired" || e.Reason == "revoked" {
+					ev.Type = lockdv1.LeaseEvent_TYPE_LOST // the lease's end took it
+				}
+			case locks.ForceReleased:
+				ev.Type = lockdv1.LeaseEvent_TYPE_LOST
+				ev.Reason = "force-released: " + e.Reason
+			case locks.LeaseEnded:
+				ev.Type = lockdv1.LeaseEvent_TYPE_LEASE_ENDED
+			default:
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+			if e.Type == locks.LeaseEnded {
+				return nil
+			}
+		}
+	}
+}
