@@ -29,6 +29,9 @@ func (d *Deadlines) Reset(leases []LeaseTTL, now time.Time) {
 	d.h = d.h[:0]
 	d.idx = make(map[uint64]*deadline, len(leases))
 	for _, l := range leases {
+		if _, dup := d.idx[l.ID]; dup {
+			continue
+		}
 		e := &deadline{id: l.ID, ttl: l.TTL, at: now.Add(l.TTL), i: len(d.h)}
 		d.h = append(d.h, e)
 		d.idx[l.ID] = e

@@ -23,7 +23,8 @@ const (
 	MaxLockDelay       = time.Hour
 	// MaxLeases bounds the whole table.
 	MaxLeases = 1 << 21
-	// MaxPerLease bounds the grants plus waits of one lease.
+	// MaxPerLease bounds the grants plus waits of one lease, counted per
+	// lock.
 	MaxPerLease = 10000
 	// MaxWaitersPerLock bounds one queue.
 	MaxWaitersPerLock = 10000

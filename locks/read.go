@@ -88,6 +88,7 @@ func (t *Table) Describe(name string) (info LockInfo, rev uint64, ok bool) {
 // List returns up to limit locks whose names start with prefix and sort
 // after after, in name order, and whether more follow.
 func (t *Table) List(prefix, after string, limit int) (infos []LockInfo, rev uint64, more bool) {
+	limit = max(limit, 0)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var names []string

@@ -36,7 +36,7 @@ func (r *Result) toProto() *statev1.Result {
 	p := &statev1.Result{
 		Revision: r.Revision,
 		Granted:  r.Granted,
-		Tokens:   r.Tokens,
+		Tokens:   append([]uint64(nil), r.Tokens...),
 		WaiterId: r.WaiterID,
 		Position: r.Position,
 		LeaseId:  r.LeaseID,
@@ -52,7 +52,7 @@ func resultFromProto(p *statev1.Result) *Result {
 	r := &Result{
 		Revision: p.GetRevision(),
 		Granted:  p.GetGranted(),
-		Tokens:   p.GetTokens(),
+		Tokens:   append([]uint64(nil), p.GetTokens()...),
 		WaiterID: p.GetWaiterId(),
 		Position: p.GetPosition(),
 		LeaseID:  p.GetLeaseId(),

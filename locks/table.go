@@ -207,17 +207,20 @@ func (t *Table) emit(e Event) {
 }
 
 func (t *Table) grantLease(g *statev1.GrantLease) *Result {
-	ttl := time.Duration(g.GetTtlMs()) * time.Millisecond
+	// Check the milliseconds before converting them: a huge count would
+	// overflow the Duration and could wrap around into the valid range.
+	ms := g.GetTtlMs()
 	switch {
-	case ttl <= 0:
+	case ms <= 0:
 		return &Result{Err: errorf(Invalid, "lease TTL must be positive")}
-	case ttl > MaxTTL:
-		return &Result{Err: errorf(Invalid, "lease TTL %v exceeds the limit of %v", ttl, MaxTTL)}
+	case ms > MaxTTL.Milliseconds():
+		return &Result{Err: errorf(Invalid, "lease TTL of %d ms exceeds the limit of %v", ms, MaxTTL)}
 	case len(g.GetOwner()) > MaxOwnerBytes:
 		return &Result{Err: errorf(Invalid, "owner label is %d bytes, more than the limit of %d", len(g.GetOwner()), MaxOwnerBytes)}
 	case len(t.leases) >= MaxLeases:
 		return &Result{Err: errorf(Quota, "the table holds %d leases, its limit", MaxLeases)}
 	}
+	ttl := time.Duration(ms) * time.Millisecond
 	id := t.next()
 	t.leases[id] = &lease{id: id, ttl: ttl, owner: g.GetOwner(), grantedRev: id, holds: map[string]*holder{}, waits: map[uint64]*waiter{}}
 	t.emit(Event{Type: LeaseGranted, LeaseID: id, TTL: ttl})
@@ -258,7 +261,13 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 	if capacity == 0 {
 		capacity = 1
 	}
-	delay := time.Duration(a.GetLockDelayMs()) * time.Millisecond
+	delayMs := a.GetLockDelayMs()
+	if delayMs < 0 || delayMs > MaxLockDelay.Milliseconds() {
+		// Checked in milliseconds: a huge count would overflow the
+		// Duration and could wrap around into the valid range.
+		return &Result{Err: errorf(Invalid, "lock delay of %d ms is outside [0, %v]", delayMs, MaxLockDelay)}
+	}
+	delay := time.Duration(delayMs) * time.Millisecond
 	if err := validateAcquire(names, mode, capacity, delay, a.GetValue()); err != nil {
 		return &Result{Err: err}
 	}
@@ -286,13 +295,29 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 		return &Result{Err: errorf(Conflict, "lease %d holds some of the locks named but not all; release them or acquire the rest separately", l.id)}
 	}
 	// A lease that already waits for exactly these locks gets its waiter
-	// back; waiting for one of them in another request is a conflict.
+	// back; waiting for one of them in another request is a conflict. A
+	// lease's waiters name disjoint locks, so at most one has these names,
+	// but several may overlap them: report the oldest, so that every node
+	// answers (and remembers, for de-duplication) the same message whatever
+	// the map's order.
+	var overlap *waiter
 	for _, w := range l.waits {
 		if sameNames(w.names, names) {
 			return &Result{Revision: t.rev, WaiterID: w.id, Position: t.position(w)}
 		}
+		if overlap != nil && overlap.id < w.id {
+			continue
+		}
 		for _, n := range names {
 			if contains(w.names, n) {
+				overlap = w
+				break
+			}
+		}
+	}
+	if overlap != nil {
+		for _, n := range names {
+			if contains(overlap.names, n) {
 				return &Result{Err: errorf(Conflict, "lease %d already waits for lock %q in another request", l.id, n)}
 			}
 		}
@@ -302,7 +327,7 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 			return &Result{Err: errorf(Conflict, "lock %q has capacity %d, not %d", n, lk.capacity, capacity)}
 		}
 	}
-	if err := t.checkQuotas(l, names); err != nil {
+	if err := t.checkQuotas(l, names, a.GetTry()); err != nil {
 		return &Result{Err: err}
 	}
 	if a.GetTry() {
@@ -321,7 +346,11 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 			lk = &lock{name: n, capacity: capacity, delay: delay}
 			t.locks[n] = lk
 		} else if len(lk.holders) == 0 && len(lk.queue) == 0 {
-			lk.capacity, lk.delay = capacity, delay
+			// An unused lock stays in the table only during a delay: it
+			// takes the new capacity, but the running delay keeps its
+			// length, since a new leader schedules its end from it
+			// (DelayedLocks).
+			lk.capacity = capacity
 		}
 		lk.queue = append(lk.queue, w)
 		t.nsWaits[Namespace(n)]++
@@ -372,9 +401,20 @@ func validateAcquire(names []string, mode Mode, capacity uint32, delay time.Dura
 	return nil
 }
 
-func (t *Table) checkQuotas(l *lease, names []string) *Error {
-	if len(l.holds)+len(l.waits) >= MaxPerLease {
-		return errorf(Quota, "lease %d has %d grants and waits, its limit", l.id, MaxPerLease)
+// checkQuotas checks the limits an acquire could break. A try never queues,
+// so only the lease's own limit applies to it.
+func (t *Table) checkQuotas(l *lease, names []string, try bool) *Error {
+	// Per lock, waits as grants, and with the locks asked for: a multi-lock
+	// wait becomes one grant per lock.
+	entries := len(l.holds) + len(names)
+	for _, w := range l.waits {
+		entries += len(w.names)
+	}
+	if entries > MaxPerLease {
+		return errorf(Quota, "lease %d would have %d grants and waits, more than its limit of %d", l.id, entries, MaxPerLease)
+	}
+	if try {
+		return nil
 	}
 	perNS := map[string]int{}
 	for _, n := range names {
@@ -383,8 +423,9 @@ func (t *Table) checkQuotas(l *lease, names []string) *Error {
 		}
 		perNS[Namespace(n)]++
 	}
-	for ns, k := range perNS {
-		if t.nsWaits[ns]+k > MaxWaitersPerNamespace {
+	// In the order named, not the map's: the message is replicated.
+	for _, n := range names {
+		if ns := Namespace(n); t.nsWaits[ns]+perNS[ns] > MaxWaitersPerNamespace {
 			return errorf(Quota, "namespace %q has %d waiters, its limit", ns, MaxWaitersPerNamespace)
 		}
 	}
@@ -451,7 +492,7 @@ func (t *Table) grant(w *waiter) {
 	for _, n := range w.names {
 		lk := t.locks[n]
 		lk.queue = lk.queue[1:]
-		t.nsWaits[Namespace(n)]--
+		t.unwait(n)
 		h := &holder{lease: w.lease, token: token, mode: w.mode, value: w.value, waiterID: w.id}
 		lk.holders = append(lk.holders, h)
 		w.lease.holds[n] = h
@@ -472,10 +513,7 @@ func (t *Table) unqueue(w *waiter, reason string) []*lock {
 				break
 			}
 		}
-		t.nsWaits[Namespace(n)]--
-		if t.nsWaits[Namespace(n)] == 0 {
-			delete(t.nsWaits, Namespace(n))
-		}
+		t.unwait(n)
 		if reason != "" {
 			t.emit(Event{Type: Withdrawn, Name: n, LeaseID: w.lease.id, WaiterID: w.id, Reason: reason})
 		}
@@ -487,6 +525,16 @@ func (t *Table) unqueue(w *waiter, reason string) []*lock {
 		t.maybeDelete(lk)
 	}
 	return locks
+}
+
+// unwait counts one queued entry for lock name less in its namespace, and
+// forgets a namespace that has none left (grant and unqueue alike, so the map
+// does not grow with every namespace ever waited in).
+func (t *Table) unwait(name string) {
+	ns := Namespace(name)
+	if t.nsWaits[ns]--; t.nsWaits[ns] <= 0 {
+		delete(t.nsWaits, ns)
+	}
 }
 
 func (t *Table) removeHolder(lk *lock, h *holder) {

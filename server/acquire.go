@@ -58,6 +58,10 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 				return nil, err
 			}
 			return &locks.Result{Revision: s.table.Revision()}, nil
+		case <-s.bg.Done():
+			// Shutting down. The waiter stays queued: the client retries on
+			// another node with the same request id and finds it there.
+			return nil, errShuttingDown
 		case <-ctx.Done():
 			// The caller is gone: withdraw in the background, with a
 			// context of its own.

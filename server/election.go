@@ -76,6 +76,9 @@ func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lock
 	if err := validateElection(req.Msg.GetName()); err != nil {
 		return err
 	}
+	if err := stream.Send(nil); err != nil { // headers now; see Watch
+		return err
+	}
 	name := election.LockName(req.Msg.GetName())
 	var last *lockdv1.LeaderResponse
 	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, 0,

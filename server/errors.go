@@ -15,6 +15,9 @@ import (
 // CodeUnavailable.
 var ErrUnavailable = errors.New("unavailable")
 
+// errShuttingDown ends the streams and waits of a node that drains.
+var errShuttingDown = connect.NewError(connect.CodeUnavailable, errors.New("this node is shutting down; retry on another node"))
+
 // LeaderHeader carries the leader's URL on Unavailable errors, when known,
 // so clients can go there directly.
 const LeaderHeader = "Lockd-Leader"

@@ -122,6 +122,9 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	if _, ok := h.s.table.Lease(id); !ok {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", id))
 	}
+	if err := stream.Send(nil); err != nil { // headers now; see Watch
+		return err
+	}
 	// Start with what the lease holds now, so a client that reconnects
 	// learns its grants without a separate call.
 	info, _ := h.s.table.Lease(id)
@@ -135,6 +138,8 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-h.s.bg.Done():
+			return errShuttingDown
 		case <-sub.lost:
 			return connect.NewError(connect.CodeResourceExhausted, errors.New("the stream fell behind; reconnect"))
 		case e := <-sub.c:

@@ -220,6 +220,11 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 	} else if len(m.GetName()) > locks.MaxNameBytes {
 		return invalid("prefix is longer than a lock name can be")
 	}
+	// Send the headers now: a client's call returns only once they arrive,
+	// and a quiet prefix may have nothing to send for a long time.
+	if err := stream.Send(nil); err != nil {
+		return err
+	}
 	match := func(e locks.Event) bool {
 		if e.Name == "" {
 			return false
@@ -300,6 +305,8 @@ func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after 
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.bg.Done():
+			return errShuttingDown
 		case <-sub.lost:
 			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the watch fell behind; resume with after_revision"))
 		case e := <-sub.c:

@@ -81,59 +81,11 @@ func serve(args []string, stderr io.Writer) error {
 		return usageError{err}
 	}
 
-	ln, err := net.Listen("tcp", c.listen)
+	in, err := start(c, peers, log)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-
-	st, err := store.Open(c.dataDir, store.Options{Logger: log.With().Str("component", "store").Logger()})
-	if err != nil {
-		return fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
-	}
-	defer st.Close()
-
-	table := locks.NewTable()
-	n, err := node.Start(node.Config{
-		Name:              c.name,
-		InitialCluster:    peers,
-		Store:             st,
-		StateMachine:      table,
-		HeartbeatInterval: c.heartbeat,
-		ElectionTimeout:   c.electionTimeout,
-		SnapshotEntries:   c.snapshotEntries,
-		Logger:            log.With().Str("component", "node").Logger(),
-	})
-	if err != nil {
-		return err
-	}
-	defer n.Stop()
-
-	api := server.New(server.Config{
-		Raft:    raftAdapter{n},
-		Table:   table,
-		Cluster: clusterAdapter{n},
-		MinTTL:  c.electionTimeout,
-		Tick:    c.heartbeat / 2,
-		Logger:  log.With().Str("component", "server").Logger(),
-	})
-	defer api.Close()
-	mux := http.NewServeMux()
-	api.Register(mux)
-	mux.Handle(node.PeerPathPrefix, n.PeerHandler())
-	srv := &http.Server{
-		Handler:           mux,
-		Protocols:         new(http.Protocols),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
-	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info().Str("name", c.name).Str("listen", ln.Addr().String()).Str("data-dir", c.dataDir).
-		Str("initial-cluster", c.initialCluster).Msg("lockd serving")
+	defer in.close()
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -141,29 +93,118 @@ func serve(args []string, stderr io.Writer) error {
 	select {
 	case s := <-sig:
 		log.Info().Stringer("signal", s).Msg("draining")
-	case err := <-serveErr:
+	case err := <-in.serveErr:
 		return fmt.Errorf("serving: %w", err)
-	case <-n.Done():
+	case <-in.node.Done():
 		return errors.New("raft node stopped; see the log above")
 	}
-
-	// Drain: hand leadership over so the cluster does not wait out an
-	// election timeout, then stop taking requests and finish those in flight.
 	ctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
-	if err := n.TransferLeadership(ctx); err != nil {
-		log.Warn().Err(err).Msg("leadership handover failed")
+	in.drain(ctx)
+	log.Info().Msg("stopped")
+	return nil
+}
+
+// instance is one running lockd node: store, raft node, API and HTTP server.
+type instance struct {
+	log      zerolog.Logger
+	ln       net.Listener
+	store    *store.Store
+	node     *node.Node
+	api      *server.Server
+	srv      *http.Server
+	serveErr chan error
+}
+
+// start opens the data dir, starts the raft node and serves the API and the
+// peer endpoints on one listener.
+func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, err error) {
+	in := &instance{log: log, serveErr: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			in.close()
+		}
+	}()
+	if in.ln, err = net.Listen("tcp", c.listen); err != nil {
+		return nil, err
 	}
-	api.Close()
+	if in.store, err = store.Open(c.dataDir, store.Options{Logger: log.With().Str("component", "store").Logger()}); err != nil {
+		return nil, fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
+	}
+	table := locks.NewTable()
+	in.node, err = node.Start(node.Config{
+		Name:              c.name,
+		InitialCluster:    peers,
+		Store:             in.store,
+		StateMachine:      table,
+		HeartbeatInterval: c.heartbeat,
+		ElectionTimeout:   c.electionTimeout,
+		SnapshotEntries:   c.snapshotEntries,
+		Logger:            log.With().Str("component", "node").Logger(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	in.api = server.New(server.Config{
+		Raft:    raftAdapter{in.node},
+		Table:   table,
+		Cluster: clusterAdapter{in.node},
+		MinTTL:  c.electionTimeout,
+		Tick:    c.heartbeat / 2,
+		Logger:  log.With().Str("component", "server").Logger(),
+	})
+	mux := http.NewServeMux()
+	in.api.Register(mux)
+	mux.Handle(node.PeerPathPrefix, in.node.PeerHandler())
+	in.srv = &http.Server{
+		Handler:           mux,
+		Protocols:         new(http.Protocols),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	in.srv.Protocols.SetHTTP1(true)
+	in.srv.Protocols.SetUnencryptedHTTP2(true)
+	go func() { in.serveErr <- in.srv.Serve(in.ln) }()
+	log.Info().Str("name", c.name).Str("listen", in.ln.Addr().String()).Str("data-dir", c.dataDir).
+		Str("initial-cluster", c.initialCluster).Msg("lockd serving")
+	return in, nil
+}
+
+// drain stops the node gracefully: it hands raft leadership over so the
+// cluster does not wait out an election timeout, ends the API's streams and
+// background work, stops the node, and finishes the requests in flight.
+func (in *instance) drain(ctx context.Context) {
+	if err := in.node.TransferLeadership(ctx); err != nil {
+		in.log.Warn().Err(err).Msg("leadership handover failed")
+	}
+	in.api.Close()
 	// Stopping the node ends the peer streams, which would otherwise keep
 	// Shutdown waiting; client requests still in flight fail fast with
 	// Unavailable and their clients retry on another node.
-	n.Stop()
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn().Err(err).Msg("requests still in flight at shutdown")
+	in.node.Stop()
+	if err := in.srv.Shutdown(ctx); err != nil {
+		in.log.Warn().Err(err).Msg("requests still in flight at shutdown")
 	}
-	log.Info().Msg("stopped")
-	return nil
+}
+
+// close stops everything at once, in the reverse order of start.
+func (in *instance) close() {
+	if in.srv != nil {
+		in.srv.Close()
+	}
+	if in.api != nil {
+		in.api.Close()
+	}
+	if in.node != nil {
+		in.node.Stop()
+	}
+	if in.store != nil {
+		in.store.Close()
+	}
+	if in.ln != nil {
+		in.ln.Close()
+	}
 }
 
 func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
