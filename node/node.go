@@ -66,7 +66,7 @@ type Node struct {
 	applied    atomic.Uint64
 	quorumSeen atomic.Int64 // monotonic ns (since start) a leader last saw a quorum active
 	started    time.Time
-	peerURL sync.Map // id → url of every member, for LeaderURL
+	peerURL    sync.Map // id → url of every member, for LeaderURL
 
 	// Owned by the raft loop.
 	rn        *raft.RawNode

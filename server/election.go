@@ -7,8 +7,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/lockd-io/lockd/election"
 	"github.com/lockd-io/lockd/locks"
-	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 )
 
 type electionHandler struct{ s *Server }

@@ -7,9 +7,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/lockd-io/lockd/locks"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
-	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 

@@ -12,9 +12,9 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"github.com/lockd-io/lockd/locks"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
-	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
 )
