@@ -19,7 +19,8 @@ import (
 // Namespace is the lock namespace elections live in.
 const Namespace = "election"
 
-// ErrNotCandidate: the lease neither leads nor campaigns in the election.
+// ErrNotCandidate is returned by Resign when the lease neither leads nor
+// campaigns in the election.
 var ErrNotCandidate = errors.New("the lease neither leads nor campaigns in this election")
 
 // LockName is the lock that carries election name.

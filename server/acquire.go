@@ -86,8 +86,12 @@ func (s *Server) waiterOutcome(leaseID uint64, queued *locks.Result, names int) 
 		}
 		return true, &locks.Result{Granted: true, Tokens: tokens[:names], WaiterID: queued.WaiterID, Revision: tokens[0]}, nil
 	case locks.WaiterGone:
-		return true, nil, connect.NewError(connect.CodeNotFound,
-			fmt.Errorf("lease %d ended (revoked or expired) or the wait was withdrawn before the grant", leaseID))
+		if _, alive := s.table.Lease(leaseID); !alive {
+			return true, nil, connect.NewError(connect.CodeNotFound,
+				fmt.Errorf("lease %d ended (revoked or expired) while it waited", leaseID))
+		}
+		return true, nil, connect.NewError(connect.CodeAborted,
+			fmt.Errorf("the wait of request %d was withdrawn (its caller gave up); acquire again with a new request_id", queued.WaiterID))
 	default:
 		queued.Position = pos
 		return false, nil, nil
