@@ -191,13 +191,6 @@ func Start(cfg Config) (*Node, error) {
 		if err := n.rn.Bootstrap(peers); err != nil {
 			return nil, err
 		}
-		// A single-member cluster elects itself at once rather than after an
-		// election timeout.
-		if len(peers) == 1 {
-			if err := n.rn.Campaign(); err != nil {
-				return nil, err
-			}
-		}
 	}
 	n.applied.Store(applied)
 	n.quorumSeen.Store(-int64(cfg.ElectionTimeout)) // no quorum seen yet
@@ -407,6 +400,7 @@ func (n *Node) run() {
 		case f := <-n.funcc:
 			f(n.rn)
 		}
+		n.campaignIfAlone()
 		n.reads.issue(n.rn, time.Now())
 		for n.rn.HasReady() {
 			if err := n.handleReady(n.rn.Ready()); err != nil {
@@ -416,6 +410,15 @@ func (n *Node) run() {
 				return
 			}
 		}
+	}
+}
+
+// campaignIfAlone makes the only voter of a one-member cluster elect itself
+// as soon as its configuration is applied, rather than after an election
+// timeout.
+func (n *Node) campaignIfAlone() {
+	if v := n.confState.GetVoters(); len(v) == 1 && v[0] == n.id && n.leader.Load() == 0 && !n.rn.HasReady() {
+		n.rn.Campaign()
 	}
 }
 
