@@ -30,7 +30,7 @@ type multi struct {
 func newMulti(procs []*proc) *multi {
 	m := &multi{}
 	for _, p := range procs {
-		m.nodes = append(m.nodes, newClients("http://"+p.addr))
+		m.nodes = append(m.nodes, newClients("http://"+p.Addr))
 	}
 	return m
 }
@@ -229,7 +229,7 @@ func TestClusterHolderKilled(t *testing.T) {
 	leaderOf(t, procs, 20*time.Second)
 	const ttl = 2 * time.Second
 	holder := exec.Command(os.Args[0], "-test.run=^TestHelperHolder$", "-test.v")
-	holder.Env = append(os.Environ(), "LOCKD_HELPER_URL=http://"+procs[1].addr, "LOCKD_HELPER_TTL="+ttl.String(), "LOCKD_HELPER_LOCK=jobs/held")
+	holder.Env = append(os.Environ(), "LOCKD_HELPER_URL=http://"+procs[1].Addr, "LOCKD_HELPER_TTL="+ttl.String(), "LOCKD_HELPER_LOCK=jobs/held")
 	out, err := holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +249,7 @@ func TestClusterHolderKilled(t *testing.T) {
 	if token == 0 {
 		t.Fatal("the holder process did not take the lock")
 	}
-	c := newClients("http://" + procs[2].addr)
+	c := newClients("http://" + procs[2].Addr)
 	waiter := grant(t, c, 5*time.Second, "waiter")
 	keepAlive(t, c, waiter, time.Second)
 	granted := make(chan time.Time, 1)
@@ -341,8 +341,8 @@ func TestClusterLeaderKilledWhileHeld(t *testing.T) {
 			return err
 		})
 	}()
-	leader.signal(syscall.SIGKILL)
-	leader.wait(10 * time.Second)
+	leader.Signal(syscall.SIGKILL)
+	leader.Wait(10 * time.Second)
 	var rest []*proc
 	for _, p := range procs {
 		if p != leader {

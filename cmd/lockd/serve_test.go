@@ -49,15 +49,15 @@ func TestServeWithNoFlags(t *testing.T) {
 	if st.Name != "default" || st.Leader != "default" || len(st.Members) != 1 {
 		t.Fatalf("status %+v, want the default node leading a one-member cluster", st)
 	}
-	p.signal(syscall.SIGTERM)
-	code, ok := p.wait(15 * time.Second)
+	p.Signal(syscall.SIGTERM)
+	code, ok := p.Wait(15 * time.Second)
 	if !ok || code != 0 {
 		t.Fatalf("SIGTERM: exited=%v code=%d, want a clean exit 0", ok, code)
 	}
 	// The data dir is ./lockd-data, and a restart recovers from it.
 	p2 := startProc(t, "default-again", dir, "127.0.0.1:7070", "serve")
 	eventually(t, 15*time.Second, "leader after restart", func() error {
-		st, err := p2.status(context.Background())
+		st, err := p2.Status(context.Background())
 		if err != nil {
 			return err
 		}
@@ -76,12 +76,12 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 	}
 	procs := startCluster(t, 3, "--heartbeat-interval", "50ms", "--election-timeout", "500ms")
 	leader := leaderOf(t, procs, 20*time.Second)
-	before, err := leader.status(context.Background())
+	before, err := leader.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	leader.signal(syscall.SIGKILL)
-	if _, ok := leader.wait(10 * time.Second); !ok {
+	leader.Signal(syscall.SIGKILL)
+	if _, ok := leader.Wait(10 * time.Second); !ok {
 		t.Fatal("SIGKILL did not end the leader")
 	}
 	var rest []*proc
@@ -94,7 +94,7 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 	if newLeader == leader {
 		t.Fatal("the killed node is still leader")
 	}
-	st, err := newLeader.status(context.Background())
+	st, err := newLeader.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,13 +102,13 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 		t.Fatalf("new leader's term %d is not past the old one's %d", st.Term, before.Term)
 	}
 
-	leader.start()
+	leader.Restart()
 	eventually(t, 20*time.Second, "the restarted node catching up", func() error {
-		ls, err := newLeader.status(context.Background())
+		ls, err := newLeader.Status(context.Background())
 		if err != nil {
 			return err
 		}
-		rs, err := leader.status(context.Background())
+		rs, err := leader.Status(context.Background())
 		if err != nil {
 			return err
 		}
@@ -127,7 +127,7 @@ func TestSIGTERMHandsOverLeadership(t *testing.T) {
 	procs := startCluster(t, 3, "--heartbeat-interval", "50ms", "--election-timeout", "5s")
 	leader := leaderOf(t, procs, 30*time.Second)
 	start := time.Now()
-	leader.signal(syscall.SIGTERM)
+	leader.Signal(syscall.SIGTERM)
 	var rest []*proc
 	for _, p := range procs {
 		if p != leader {
@@ -139,7 +139,7 @@ func TestSIGTERMHandsOverLeadership(t *testing.T) {
 	if took := time.Since(start); took > 4500*time.Millisecond {
 		t.Errorf("a new leader took %v after SIGTERM: no handover?", took)
 	}
-	code, ok := leader.wait(15 * time.Second)
+	code, ok := leader.Wait(15 * time.Second)
 	if !ok || code != 0 {
 		t.Fatalf("SIGTERM: exited=%v code=%d, want 0", ok, code)
 	}
