@@ -198,24 +198,27 @@ func TestClusterContention(t *testing.T) {
 	t.Logf("%d grants to %d clients over 3 processes: no overlap, FIFO", grants, clientsN)
 }
 
-// TestHelperHolder is not a test: the process tests run it as a client
-// process that takes a lock and keeps its lease alive until killed.
-func TestHelperHolder(t *testing.T) {
-	url := os.Getenv("LOCKD_HELPER_URL")
-	if url == "" {
-		t.Skip("helper process for TestClusterHolderKilled")
-	}
-	c := newClients(url)
+// helperHolder is the client process of TestClusterHolderKilled: it takes a
+// lock and keeps its lease alive until killed.
+func helperHolder() {
+	c := newClients(os.Getenv("LOCKD_HELPER_URL"))
 	ttl, _ := time.ParseDuration(os.Getenv("LOCKD_HELPER_TTL"))
-	id := grant(t, c, ttl, "helper")
-	r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: os.Getenv("LOCKD_HELPER_LOCK"), LeaseId: id})
+	ctx := context.Background()
+	g, err := c.lease.Grant(ctx, connect.NewRequest(&lockdv1.GrantRequest{Ttl: durationpb.New(ttl), Owner: "helper"}))
 	if err != nil {
-		t.Fatal(err)
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	id := g.Msg.GetLeaseId()
+	r, err := acquire(ctx, c, &lockdv1.AcquireRequest{Name: os.Getenv("LOCKD_HELPER_LOCK"), LeaseId: id})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
 	}
 	fmt.Printf("HOLDING %d %d\n", id, r.GetToken())
 	for {
 		time.Sleep(ttl / 10)
-		c.lease.KeepAlive(context.Background(), connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: id}))
+		c.lease.KeepAlive(ctx, connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: id}))
 	}
 }
 
@@ -228,8 +231,8 @@ func TestClusterHolderKilled(t *testing.T) {
 	procs := startCluster(t, 3, "--heartbeat-interval", "50ms", "--election-timeout", "500ms")
 	leaderOf(t, procs, 20*time.Second)
 	const ttl = 2 * time.Second
-	holder := exec.Command(os.Args[0], "-test.run=^TestHelperHolder$", "-test.v")
-	holder.Env = append(os.Environ(), "LOCKD_HELPER_URL=http://"+procs[1].Addr, "LOCKD_HELPER_TTL="+ttl.String(), "LOCKD_HELPER_LOCK=jobs/held")
+	holder := exec.Command(os.Args[0])
+	holder.Env = append(os.Environ(), "LOCKD_HELPER=holder", "LOCKD_HELPER_URL=http://"+procs[1].Addr, "LOCKD_HELPER_TTL="+ttl.String(), "LOCKD_HELPER_LOCK=jobs/held")
 	out, err := holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

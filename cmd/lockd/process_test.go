@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"testing"
 
 	"github.com/lockd-io/lockd/internal/testcluster"
@@ -9,7 +10,13 @@ import (
 // lockdBin is the lockd binary the process tests run, built once.
 var lockdBin string
 
-func TestMain(m *testing.M) { testcluster.Main(m, &lockdBin) }
+func TestMain(m *testing.M) {
+	if os.Getenv("LOCKD_HELPER") == "holder" {
+		helperHolder() // a client process for a test, not the tests
+		return
+	}
+	testcluster.Main(m, &lockdBin)
+}
 
 type proc = testcluster.Proc
 

@@ -1,0 +1,248 @@
+package lockd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
+)
+
+// leaderHeader names the leader on Unavailable answers.
+const leaderHeader = "Lockd-Leader"
+
+// Client is a connection to a lockd cluster. It is safe for concurrent use.
+type Client struct {
+	opts      options
+	mu        sync.Mutex
+	endpoints []*endpoint
+	preferred atomic.Int32 // index of the endpoint that answered last
+}
+
+type endpoint struct {
+	url      string
+	lease    lockdv1connect.LeaseServiceClient
+	lock     lockdv1connect.LockServiceClient
+	election lockdv1connect.ElectionServiceClient
+	cluster  lockdv1connect.ClusterServiceClient
+}
+
+type options struct {
+	httpClient *http.Client
+	minBackoff time.Duration
+	maxBackoff time.Duration
+	connect    []connect.ClientOption
+}
+
+// Option configures a Client.
+type Option interface{ apply(*options) }
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithHTTPClient sets the HTTP client; it must speak HTTP/2 (h2c for plain
+// http:// endpoints). The default does.
+func WithHTTPClient(c *http.Client) Option {
+	return optionFunc(func(o *options) { o.httpClient = c })
+}
+
+// WithBackoff sets the pause between rounds of retries over the endpoints,
+// doubling from min to max. Default 50ms to 1s.
+func WithBackoff(min, max time.Duration) Option {
+	return optionFunc(func(o *options) { o.minBackoff, o.maxBackoff = min, max })
+}
+
+// WithGRPC makes the client speak gRPC instead of the Connect protocol.
+func WithGRPC() Option {
+	return optionFunc(func(o *options) { o.connect = append(o.connect, connect.WithGRPC()) })
+}
+
+// New returns a client of the cluster whose nodes are at endpoints
+// ("host:port" or URLs).
+func New(endpoints []string, opts ...Option) (*Client, error) {
+	o := options{minBackoff: 50 * time.Millisecond, maxBackoff: time.Second}
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if o.httpClient == nil {
+		tr := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		tr.Protocols.SetHTTP2(true)
+		o.httpClient = &http.Client{Transport: tr}
+	}
+	c := &Client{opts: o}
+	for _, e := range endpoints {
+		if e = strings.TrimSpace(e); e != "" {
+			c.add(e)
+		}
+	}
+	if len(c.endpoints) == 0 {
+		return nil, errors.New("lockd: no endpoints")
+	}
+	return c, nil
+}
+
+func normalize(url string) string {
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	return strings.TrimRight(url, "/")
+}
+
+// add adds an endpoint (once) and returns its index.
+func (c *Client) add(url string) int {
+	url = normalize(url)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, e := range c.endpoints {
+		if e.url == url {
+			return i
+		}
+	}
+	hc, co := c.opts.httpClient, c.opts.connect
+	c.endpoints = append(c.endpoints, &endpoint{
+		url:      url,
+		lease:    lockdv1connect.NewLeaseServiceClient(hc, url, co...),
+		lock:     lockdv1connect.NewLockServiceClient(hc, url, co...),
+		election: lockdv1connect.NewElectionServiceClient(hc, url, co...),
+		cluster:  lockdv1connect.NewClusterServiceClient(hc, url, co...),
+	})
+	return len(c.endpoints) - 1
+}
+
+func (c *Client) endpoint(i int) *endpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.endpoints[i%len(c.endpoints)]
+}
+
+func (c *Client) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.endpoints)
+}
+
+// Close releases the client's idle connections.
+func (c *Client) Close() { c.opts.httpClient.CloseIdleConnections() }
+
+// retryable reports whether err means the node could not serve the call
+// (down, no leader, draining), so that another node, or the same one later,
+// may.
+func retryable(err error) bool {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return false
+	}
+	switch ce.Code() {
+	case connect.CodeUnavailable:
+		return true
+	case connect.CodeUnknown, connect.CodeInternal:
+		// A broken connection, not an answer from a server.
+		return !connect.IsWireError(ce)
+	}
+	return false
+}
+
+// do runs call against the cluster: first the endpoint that answered last,
+// then the others, in rounds with backoff, until call succeeds, fails with
+// an answer that another node would give too, or ctx ends. An Unavailable
+// answer that names the leader sends the next try there.
+func (c *Client) do(ctx context.Context, call func(ctx context.Context, e *endpoint) error) error {
+	backoff := c.opts.minBackoff
+	for {
+		start := int(c.preferred.Load())
+		n := c.count()
+		var err error
+		for i := range n {
+			idx := (start + i) % n
+			err = call(ctx, c.endpoint(idx))
+			if err == nil || !retryable(err) {
+				if err == nil {
+					c.preferred.Store(int32(idx))
+				}
+				return err
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var ce *connect.Error
+			if errors.As(err, &ce) {
+				if leader := ce.Meta().Get(leaderHeader); leader != "" {
+					c.preferred.Store(int32(c.add(leader)))
+					break
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, c.opts.maxBackoff)
+	}
+}
+
+// CheckFence reports, linearizably, whether token is held on lock name
+// right now.
+func (c *Client) CheckFence(ctx context.Context, name string, token uint64) (bool, error) {
+	var valid bool
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.lock.CheckFence(ctx, connect.NewRequest(&lockdv1.CheckFenceRequest{Name: name, Token: token}))
+		if err == nil {
+			valid = r.Msg.GetValid()
+		}
+		return err
+	})
+	return valid, err
+}
+
+// Describe returns a lock's holders, its queue in order, and any delay.
+func (c *Client) Describe(ctx context.Context, name string) (*lockdv1.DescribeResponse, error) {
+	var resp *lockdv1.DescribeResponse
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.lock.Describe(ctx, connect.NewRequest(&lockdv1.DescribeRequest{Name: name}))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	return resp, err
+}
+
+// List returns a page of the locks whose names start with prefix; pass the
+// returned token to get the next page ("" when there is none).
+func (c *Client) List(ctx context.Context, prefix, pageToken string, limit uint32) ([]*lockdv1.DescribeResponse, string, error) {
+	var resp *lockdv1.ListResponse
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.lock.List(ctx, connect.NewRequest(&lockdv1.ListRequest{Prefix: prefix, PageToken: pageToken, Limit: limit}))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.GetLocks(), resp.GetNextPageToken(), nil
+}
+
+// Status returns the status of the first node that answers.
+func (c *Client) Status(ctx context.Context) (*lockdv1.StatusResponse, error) {
+	var resp *lockdv1.StatusResponse
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.cluster.Status(ctx, connect.NewRequest(&lockdv1.StatusRequest{}))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	return resp, err
+}

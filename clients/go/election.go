@@ -1,0 +1,191 @@
+package lockd
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+)
+
+// Election is a session's part in a named leader election.
+type Election struct {
+	s    *Session
+	name string
+
+	mu      sync.Mutex
+	term    uint64
+	ctx     context.Context
+	untrack func()
+}
+
+// Leader is who leads an election.
+type Leader struct {
+	Value   []byte
+	Term    uint64 // the leader's fencing token
+	LeaseID uint64
+	Owner   string
+}
+
+// NewElection returns the session's handle on the election named name.
+func NewElection(s *Session, name string) *Election {
+	return &Election{s: s, name: name}
+}
+
+// Campaign waits until the session leads the election, then returns. The
+// term (Term) is a fencing token; the value is what Leader and Observe show.
+func (e *Election) Campaign(ctx context.Context, value []byte) error {
+	if err := e.s.Err(); err != nil {
+		return err
+	}
+	req := &lockdv1.CampaignRequest{Name: e.name, LeaseId: e.s.id, Value: value, RequestId: e.s.nextRequestID()}
+	var resp *lockdv1.CampaignResponse
+	err := e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+		r, err := ep.election.Campaign(ctx, connect.NewRequest(req))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.untrack != nil {
+		e.untrack()
+	}
+	e.term = resp.GetTerm()
+	e.ctx, e.untrack = e.s.track([]string{"election/" + e.name}, e.term)
+	return nil
+}
+
+// Term is the term of the session's leadership, 0 if it does not lead.
+func (e *Election) Term() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.term
+}
+
+// Context is cancelled when the leadership won by the last Campaign is lost
+// (session over, resigned). Nil before the first Campaign.
+func (e *Election) Context() context.Context {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ctx
+}
+
+// Proclaim changes the leader's value; it fails with FailedPrecondition if
+// the session no longer leads in its term.
+func (e *Election) Proclaim(ctx context.Context, value []byte) error {
+	term := e.Term()
+	return e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+		_, err := ep.election.Proclaim(ctx, connect.NewRequest(&lockdv1.ProclaimRequest{Name: e.name, LeaseId: e.s.id, Term: term, Value: value}))
+		return err
+	})
+}
+
+// Resign gives up the leadership (the next candidate leads at once), or
+// withdraws a campaign still waiting.
+func (e *Election) Resign(ctx context.Context) error {
+	e.mu.Lock()
+	term, untrack := e.term, e.untrack
+	e.term, e.untrack = 0, nil
+	e.mu.Unlock()
+	if untrack != nil {
+		untrack()
+	}
+	return e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+		_, err := ep.election.Resign(ctx, connect.NewRequest(&lockdv1.ResignRequest{Name: e.name, LeaseId: e.s.id, Term: term}))
+		return err
+	})
+}
+
+// LeaderOf reads who leads election name; nil when nobody does.
+func (c *Client) LeaderOf(ctx context.Context, name string) (*Leader, error) {
+	var resp *lockdv1.LeaderResponse
+	err := c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+		r, err := ep.election.Leader(ctx, connect.NewRequest(&lockdv1.LeaderRequest{Name: name}))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return leaderOf(resp), nil
+}
+
+// Leader reads who leads the election; nil when nobody does.
+func (e *Election) Leader(ctx context.Context) (*Leader, error) {
+	return e.s.c.LeaderOf(ctx, e.name)
+}
+
+func leaderOf(r *lockdv1.LeaderResponse) *Leader {
+	l := r.GetLeader()
+	if l == nil {
+		return nil
+	}
+	return &Leader{Value: l.GetValue(), Term: l.GetTerm(), LeaseID: l.GetLeaseId(), Owner: l.GetOwner()}
+}
+
+// Observation is one state of an election: its leader (nil when none) as
+// of a revision.
+type Observation struct {
+	Leader   *Leader
+	Revision uint64
+}
+
+// Observe streams the election's state: at once the current one ("no
+// leader" included), then every change, in order, until ctx ends. It
+// reconnects on its own (to another node if need be); a reconnection
+// repeats the current state only if it changed. The channel is closed when
+// ctx ends.
+func (c *Client) Observe(ctx context.Context, name string) <-chan Observation {
+	out := make(chan Observation, 16)
+	go func() {
+		defer close(out)
+		var last *Leader
+		first := true
+		for ctx.Err() == nil {
+			c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+				stream, err := ep.election.Observe(ctx, connect.NewRequest(&lockdv1.ObserveRequest{Name: name}))
+				if err != nil {
+					return err
+				}
+				defer stream.Close()
+				for stream.Receive() {
+					l := leaderOf(stream.Msg())
+					if !first && sameLeader(last, l) {
+						continue
+					}
+					first, last = false, l
+					select {
+					case out <- Observation{Leader: l, Revision: stream.Msg().GetRevision()}:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				if err := stream.Err(); err != nil {
+					return err
+				}
+				return connect.NewError(connect.CodeUnavailable, nil) // ended: reconnect
+			})
+			select {
+			case <-ctx.Done():
+			case <-time.After(c.opts.minBackoff):
+			}
+		}
+	}()
+	return out
+}
+
+func sameLeader(a, b *Leader) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.Term == b.Term && a.LeaseID == b.LeaseID && bytes.Equal(a.Value, b.Value)
+}
