@@ -141,6 +141,29 @@ func (t *Table) Lease(id uint64) (LeaseInfo, bool) {
 	return info, true
 }
 
+// Leases returns up to limit leases with ids above after, in id order, and
+// whether more follow.
+func (t *Table) Leases(after uint64, limit int) (infos []LeaseInfo, more bool) {
+	t.mu.RLock()
+	var ids []uint64
+	for id := range t.leases {
+		if id > after {
+			ids = append(ids, id)
+		}
+	}
+	t.mu.RUnlock()
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	if len(ids) > max(limit, 0) {
+		ids, more = ids[:max(limit, 0)], true
+	}
+	for _, id := range ids {
+		if info, ok := t.Lease(id); ok {
+			infos = append(infos, info)
+		}
+	}
+	return infos, more
+}
+
 // LeaseTTL is a lease's id and TTL.
 type LeaseTTL struct {
 	ID  uint64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"connectrpc.com/connect"
 	"github.com/lockd-io/lockd/locks"
@@ -105,11 +106,46 @@ func (h *leaseHandler) Get(ctx context.Context, req *connect.Request[lockdv1.Get
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", req.Msg.GetLeaseId()))
 	}
+	return connect.NewResponse(&lockdv1.GetLeaseResponse{Lease: leaseProto(info)}), nil
+}
+
+func leaseProto(info locks.LeaseInfo) *lockdv1.Lease {
 	l := &lockdv1.Lease{Id: info.ID, Ttl: durationpb.New(info.TTL), Owner: info.Owner, GrantedRevision: info.GrantedRev, Waiting: info.Waiting}
 	for _, g := range info.Held {
 		l.Held = append(l.Held, &lockdv1.Grant{Name: g.Name, Token: g.Token, Mode: modeOf(g.Mode)})
 	}
-	return connect.NewResponse(&lockdv1.GetLeaseResponse{Lease: l}), nil
+	return l
+}
+
+func (h *leaseHandler) List(ctx context.Context, req *connect.Request[lockdv1.ListLeasesRequest]) (*connect.Response[lockdv1.ListLeasesResponse], error) {
+	m := req.Msg
+	limit := int(m.GetLimit())
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit > 1000:
+		return nil, invalid("limit %d is above the maximum of 1000", limit)
+	}
+	var after uint64
+	if t := m.GetPageToken(); t != "" {
+		v, err := strconv.ParseUint(t, 10, 64)
+		if err != nil {
+			return nil, invalid("page_token is not one List returned")
+		}
+		after = v
+	}
+	if err := h.s.read(ctx, m.GetSerializable()); err != nil {
+		return nil, err
+	}
+	infos, more := h.s.table.Leases(after, limit)
+	resp := &lockdv1.ListLeasesResponse{}
+	for _, info := range infos {
+		resp.Leases = append(resp.Leases, leaseProto(info))
+	}
+	if more {
+		resp.NextPageToken = strconv.FormatUint(infos[len(infos)-1].ID, 10)
+	}
+	return connect.NewResponse(resp), nil
 }
 
 func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.LeaseEventsRequest], stream *connect.ServerStream[lockdv1.LeaseEvent]) error {

@@ -246,3 +246,29 @@ func (c *Client) Status(ctx context.Context) (*lockdv1.StatusResponse, error) {
 	})
 	return resp, err
 }
+
+// Leases returns a page of leases in id order; pass the returned token to
+// get the next page ("" when there is none).
+func (c *Client) Leases(ctx context.Context, pageToken string, limit uint32) ([]*lockdv1.Lease, string, error) {
+	var resp *lockdv1.ListLeasesResponse
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.lease.List(ctx, connect.NewRequest(&lockdv1.ListLeasesRequest{PageToken: pageToken, Limit: limit}))
+		if err == nil {
+			resp = r.Msg
+		}
+		return err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.GetLeases(), resp.GetNextPageToken(), nil
+}
+
+// Revoke ends a lease at once, releasing everything it holds (an admin's
+// tool; a session's owner calls Session.Close).
+func (c *Client) Revoke(ctx context.Context, leaseID uint64) error {
+	return c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		_, err := e.lease.Revoke(ctx, connect.NewRequest(&lockdv1.RevokeRequest{LeaseId: leaseID}))
+		return err
+	})
+}

@@ -131,7 +131,7 @@ func (x LeaseEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LeaseEvent_Type.Descriptor instead.
 func (LeaseEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{11, 0}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{13, 0}
 }
 
 type GrantRequest struct {
@@ -524,6 +524,121 @@ func (x *GetLeaseResponse) GetLease() *Lease {
 	return nil
 }
 
+type ListLeasesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many leases (default 100, at most 1000).
+	Limit uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// From ListLeasesResponse.next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Serializable  bool   `protobuf:"varint,3,opt,name=serializable,proto3" json:"serializable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLeasesRequest) Reset() {
+	*x = ListLeasesRequest{}
+	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLeasesRequest) ProtoMessage() {}
+
+func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLeasesRequest.ProtoReflect.Descriptor instead.
+func (*ListLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListLeasesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListLeasesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListLeasesRequest) GetSerializable() bool {
+	if x != nil {
+		return x.Serializable
+	}
+	return false
+}
+
+type ListLeasesResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Leases []*Lease               `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLeasesResponse) Reset() {
+	*x = ListLeasesResponse{}
+	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLeasesResponse) ProtoMessage() {}
+
+func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLeasesResponse.ProtoReflect.Descriptor instead.
+func (*ListLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListLeasesResponse) GetLeases() []*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+func (x *ListLeasesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -541,7 +656,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	mi := &file_lockd_v1_lease_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +668,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	mi := &file_lockd_v1_lease_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +681,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{8}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Lease) GetId() uint64 {
@@ -623,7 +738,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	mi := &file_lockd_v1_lease_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +750,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	mi := &file_lockd_v1_lease_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +763,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{9}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Grant) GetName() string {
@@ -681,7 +796,7 @@ type LeaseEventsRequest struct {
 
 func (x *LeaseEventsRequest) Reset() {
 	*x = LeaseEventsRequest{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[10]
+	mi := &file_lockd_v1_lease_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +808,7 @@ func (x *LeaseEventsRequest) String() string {
 func (*LeaseEventsRequest) ProtoMessage() {}
 
 func (x *LeaseEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[10]
+	mi := &file_lockd_v1_lease_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +821,7 @@ func (x *LeaseEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseEventsRequest.ProtoReflect.Descriptor instead.
 func (*LeaseEventsRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{10}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LeaseEventsRequest) GetLeaseId() uint64 {
@@ -731,7 +846,7 @@ type LeaseEvent struct {
 
 func (x *LeaseEvent) Reset() {
 	*x = LeaseEvent{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[11]
+	mi := &file_lockd_v1_lease_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +858,7 @@ func (x *LeaseEvent) String() string {
 func (*LeaseEvent) ProtoMessage() {}
 
 func (x *LeaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[11]
+	mi := &file_lockd_v1_lease_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +871,7 @@ func (x *LeaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseEvent.ProtoReflect.Descriptor instead.
 func (*LeaseEvent) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{11}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseEvent) GetType() LeaseEvent_Type {
@@ -818,7 +933,15 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\"\n" +
 	"\fserializable\x18\x02 \x01(\bR\fserializable\"9\n" +
 	"\x10GetLeaseResponse\x12%\n" +
-	"\x05lease\x18\x01 \x01(\v2\x0f.lockd.v1.LeaseR\x05lease\"\xc4\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2\x0f.lockd.v1.LeaseR\x05lease\"l\n" +
+	"\x11ListLeasesRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\"\n" +
+	"\fserializable\x18\x03 \x01(\bR\fserializable\"e\n" +
+	"\x12ListLeasesResponse\x12'\n" +
+	"\x06leases\x18\x01 \x03(\v2\x0f.lockd.v1.LeaseR\x06leases\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc4\x01\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x14\n" +
@@ -848,12 +971,13 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eMODE_EXCLUSIVE\x10\x01\x12\x0f\n" +
-	"\vMODE_SHARED\x10\x022\xd6\x02\n" +
+	"\vMODE_SHARED\x10\x022\x9e\x03\n" +
 	"\fLeaseService\x12:\n" +
 	"\x05Grant\x12\x16.lockd.v1.GrantRequest\x1a\x17.lockd.v1.GrantResponse\"\x00\x12F\n" +
 	"\tKeepAlive\x12\x1a.lockd.v1.KeepAliveRequest\x1a\x1b.lockd.v1.KeepAliveResponse\"\x00\x12=\n" +
 	"\x06Revoke\x12\x17.lockd.v1.RevokeRequest\x1a\x18.lockd.v1.RevokeResponse\"\x00\x12A\n" +
-	"\x03Get\x12\x19.lockd.v1.GetLeaseRequest\x1a\x1a.lockd.v1.GetLeaseResponse\"\x03\x90\x02\x01\x12@\n" +
+	"\x03Get\x12\x19.lockd.v1.GetLeaseRequest\x1a\x1a.lockd.v1.GetLeaseResponse\"\x03\x90\x02\x01\x12F\n" +
+	"\x04List\x12\x1b.lockd.v1.ListLeasesRequest\x1a\x1c.lockd.v1.ListLeasesResponse\"\x03\x90\x02\x01\x12@\n" +
 	"\x06Events\x12\x1c.lockd.v1.LeaseEventsRequest\x1a\x14.lockd.v1.LeaseEvent\"\x000\x01B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
 
 var (
@@ -869,7 +993,7 @@ func file_lockd_v1_lease_proto_rawDescGZIP() []byte {
 }
 
 var file_lockd_v1_lease_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_lockd_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_lockd_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_lockd_v1_lease_proto_goTypes = []any{
 	(Mode)(0),                   // 0: lockd.v1.Mode
 	(LeaseEvent_Type)(0),        // 1: lockd.v1.LeaseEvent.Type
@@ -881,36 +1005,41 @@ var file_lockd_v1_lease_proto_goTypes = []any{
 	(*RevokeResponse)(nil),      // 7: lockd.v1.RevokeResponse
 	(*GetLeaseRequest)(nil),     // 8: lockd.v1.GetLeaseRequest
 	(*GetLeaseResponse)(nil),    // 9: lockd.v1.GetLeaseResponse
-	(*Lease)(nil),               // 10: lockd.v1.Lease
-	(*Grant)(nil),               // 11: lockd.v1.Grant
-	(*LeaseEventsRequest)(nil),  // 12: lockd.v1.LeaseEventsRequest
-	(*LeaseEvent)(nil),          // 13: lockd.v1.LeaseEvent
-	(*durationpb.Duration)(nil), // 14: google.protobuf.Duration
+	(*ListLeasesRequest)(nil),   // 10: lockd.v1.ListLeasesRequest
+	(*ListLeasesResponse)(nil),  // 11: lockd.v1.ListLeasesResponse
+	(*Lease)(nil),               // 12: lockd.v1.Lease
+	(*Grant)(nil),               // 13: lockd.v1.Grant
+	(*LeaseEventsRequest)(nil),  // 14: lockd.v1.LeaseEventsRequest
+	(*LeaseEvent)(nil),          // 15: lockd.v1.LeaseEvent
+	(*durationpb.Duration)(nil), // 16: google.protobuf.Duration
 }
 var file_lockd_v1_lease_proto_depIdxs = []int32{
-	14, // 0: lockd.v1.GrantRequest.ttl:type_name -> google.protobuf.Duration
-	14, // 1: lockd.v1.GrantResponse.ttl:type_name -> google.protobuf.Duration
-	14, // 2: lockd.v1.KeepAliveResponse.ttl:type_name -> google.protobuf.Duration
-	10, // 3: lockd.v1.GetLeaseResponse.lease:type_name -> lockd.v1.Lease
-	14, // 4: lockd.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	11, // 5: lockd.v1.Lease.held:type_name -> lockd.v1.Grant
-	0,  // 6: lockd.v1.Grant.mode:type_name -> lockd.v1.Mode
-	1,  // 7: lockd.v1.LeaseEvent.type:type_name -> lockd.v1.LeaseEvent.Type
-	2,  // 8: lockd.v1.LeaseService.Grant:input_type -> lockd.v1.GrantRequest
-	4,  // 9: lockd.v1.LeaseService.KeepAlive:input_type -> lockd.v1.KeepAliveRequest
-	6,  // 10: lockd.v1.LeaseService.Revoke:input_type -> lockd.v1.RevokeRequest
-	8,  // 11: lockd.v1.LeaseService.Get:input_type -> lockd.v1.GetLeaseRequest
-	12, // 12: lockd.v1.LeaseService.Events:input_type -> lockd.v1.LeaseEventsRequest
-	3,  // 13: lockd.v1.LeaseService.Grant:output_type -> lockd.v1.GrantResponse
-	5,  // 14: lockd.v1.LeaseService.KeepAlive:output_type -> lockd.v1.KeepAliveResponse
-	7,  // 15: lockd.v1.LeaseService.Revoke:output_type -> lockd.v1.RevokeResponse
-	9,  // 16: lockd.v1.LeaseService.Get:output_type -> lockd.v1.GetLeaseResponse
-	13, // 17: lockd.v1.LeaseService.Events:output_type -> lockd.v1.LeaseEvent
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	16, // 0: lockd.v1.GrantRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 1: lockd.v1.GrantResponse.ttl:type_name -> google.protobuf.Duration
+	16, // 2: lockd.v1.KeepAliveResponse.ttl:type_name -> google.protobuf.Duration
+	12, // 3: lockd.v1.GetLeaseResponse.lease:type_name -> lockd.v1.Lease
+	12, // 4: lockd.v1.ListLeasesResponse.leases:type_name -> lockd.v1.Lease
+	16, // 5: lockd.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	13, // 6: lockd.v1.Lease.held:type_name -> lockd.v1.Grant
+	0,  // 7: lockd.v1.Grant.mode:type_name -> lockd.v1.Mode
+	1,  // 8: lockd.v1.LeaseEvent.type:type_name -> lockd.v1.LeaseEvent.Type
+	2,  // 9: lockd.v1.LeaseService.Grant:input_type -> lockd.v1.GrantRequest
+	4,  // 10: lockd.v1.LeaseService.KeepAlive:input_type -> lockd.v1.KeepAliveRequest
+	6,  // 11: lockd.v1.LeaseService.Revoke:input_type -> lockd.v1.RevokeRequest
+	8,  // 12: lockd.v1.LeaseService.Get:input_type -> lockd.v1.GetLeaseRequest
+	10, // 13: lockd.v1.LeaseService.List:input_type -> lockd.v1.ListLeasesRequest
+	14, // 14: lockd.v1.LeaseService.Events:input_type -> lockd.v1.LeaseEventsRequest
+	3,  // 15: lockd.v1.LeaseService.Grant:output_type -> lockd.v1.GrantResponse
+	5,  // 16: lockd.v1.LeaseService.KeepAlive:output_type -> lockd.v1.KeepAliveResponse
+	7,  // 17: lockd.v1.LeaseService.Revoke:output_type -> lockd.v1.RevokeResponse
+	9,  // 18: lockd.v1.LeaseService.Get:output_type -> lockd.v1.GetLeaseResponse
+	11, // 19: lockd.v1.LeaseService.List:output_type -> lockd.v1.ListLeasesResponse
+	15, // 20: lockd.v1.LeaseService.Events:output_type -> lockd.v1.LeaseEvent
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_lease_proto_init() }
@@ -924,7 +1053,7 @@ func file_lockd_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_lease_proto_rawDesc), len(file_lockd_v1_lease_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,8 @@ const (
 	LeaseServiceRevokeProcedure = "/lockd.v1.LeaseService/Revoke"
 	// LeaseServiceGetProcedure is the fully-qualified name of the LeaseService's Get RPC.
 	LeaseServiceGetProcedure = "/lockd.v1.LeaseService/Get"
+	// LeaseServiceListProcedure is the fully-qualified name of the LeaseService's List RPC.
+	LeaseServiceListProcedure = "/lockd.v1.LeaseService/List"
 	// LeaseServiceEventsProcedure is the fully-qualified name of the LeaseService's Events RPC.
 	LeaseServiceEventsProcedure = "/lockd.v1.LeaseService/Events"
 )
@@ -56,6 +58,8 @@ type LeaseServiceClient interface {
 	Revoke(context.Context, *connect.Request[v1.RevokeRequest]) (*connect.Response[v1.RevokeResponse], error)
 	// Get describes a lease.
 	Get(context.Context, *connect.Request[v1.GetLeaseRequest]) (*connect.Response[v1.GetLeaseResponse], error)
+	// List lists leases in id order, a page at a time.
+	List(context.Context, *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error)
 	// Events streams what happens to the lease's grants: granted, lost
 	// (expired, force-released) and the lease's own end. The stream ends after
 	// the lease ends.
@@ -98,6 +102,13 @@ func NewLeaseServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		list: connect.NewClient[v1.ListLeasesRequest, v1.ListLeasesResponse](
+			httpClient,
+			baseURL+LeaseServiceListProcedure,
+			connect.WithSchema(leaseServiceMethods.ByName("List")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 		events: connect.NewClient[v1.LeaseEventsRequest, v1.LeaseEvent](
 			httpClient,
 			baseURL+LeaseServiceEventsProcedure,
@@ -113,6 +124,7 @@ type leaseServiceClient struct {
 	keepAlive *connect.Client[v1.KeepAliveRequest, v1.KeepAliveResponse]
 	revoke    *connect.Client[v1.RevokeRequest, v1.RevokeResponse]
 	get       *connect.Client[v1.GetLeaseRequest, v1.GetLeaseResponse]
+	list      *connect.Client[v1.ListLeasesRequest, v1.ListLeasesResponse]
 	events    *connect.Client[v1.LeaseEventsRequest, v1.LeaseEvent]
 }
 
@@ -136,6 +148,11 @@ func (c *leaseServiceClient) Get(ctx context.Context, req *connect.Request[v1.Ge
 	return c.get.CallUnary(ctx, req)
 }
 
+// List calls lockd.v1.LeaseService.List.
+func (c *leaseServiceClient) List(ctx context.Context, req *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error) {
+	return c.list.CallUnary(ctx, req)
+}
+
 // Events calls lockd.v1.LeaseService.Events.
 func (c *leaseServiceClient) Events(ctx context.Context, req *connect.Request[v1.LeaseEventsRequest]) (*connect.ServerStreamForClient[v1.LeaseEvent], error) {
 	return c.events.CallServerStream(ctx, req)
@@ -152,6 +169,8 @@ type LeaseServiceHandler interface {
 	Revoke(context.Context, *connect.Request[v1.RevokeRequest]) (*connect.Response[v1.RevokeResponse], error)
 	// Get describes a lease.
 	Get(context.Context, *connect.Request[v1.GetLeaseRequest]) (*connect.Response[v1.GetLeaseResponse], error)
+	// List lists leases in id order, a page at a time.
+	List(context.Context, *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error)
 	// Events streams what happens to the lease's grants: granted, lost
 	// (expired, force-released) and the lease's own end. The stream ends after
 	// the lease ends.
@@ -190,6 +209,13 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	leaseServiceListHandler := connect.NewUnaryHandler(
+		LeaseServiceListProcedure,
+		svc.List,
+		connect.WithSchema(leaseServiceMethods.ByName("List")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	leaseServiceEventsHandler := connect.NewServerStreamHandler(
 		LeaseServiceEventsProcedure,
 		svc.Events,
@@ -206,6 +232,8 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 			leaseServiceRevokeHandler.ServeHTTP(w, r)
 		case LeaseServiceGetProcedure:
 			leaseServiceGetHandler.ServeHTTP(w, r)
+		case LeaseServiceListProcedure:
+			leaseServiceListHandler.ServeHTTP(w, r)
 		case LeaseServiceEventsProcedure:
 			leaseServiceEventsHandler.ServeHTTP(w, r)
 		default:
@@ -231,6 +259,10 @@ func (UnimplementedLeaseServiceHandler) Revoke(context.Context, *connect.Request
 
 func (UnimplementedLeaseServiceHandler) Get(context.Context, *connect.Request[v1.GetLeaseRequest]) (*connect.Response[v1.GetLeaseResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LeaseService.Get is not implemented"))
+}
+
+func (UnimplementedLeaseServiceHandler) List(context.Context, *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LeaseService.List is not implemented"))
 }
 
 func (UnimplementedLeaseServiceHandler) Events(context.Context, *connect.Request[v1.LeaseEventsRequest], *connect.ServerStream[v1.LeaseEvent]) error {

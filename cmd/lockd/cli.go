@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	lockd "github.com/lockd-io/lockd/clients/go"
+)
+
+// Exit codes of the client commands, besides a command's own status.
+const (
+	exitError = 1
+	exitUsage = 2
+	// exitNotAcquired: --skip-if-held found the lock taken, or --wait ran
+	// out (EX_TEMPFAIL: try again later).
+	exitNotAcquired = 75
+)
+
+// exitError carries a specific exit code out of a command.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e exitCodeError) Error() string { return e.err.Error() }
+
+// clientFlags are the flags every client command takes.
+type clientFlags struct {
+	endpoints string
+	ttl       time.Duration
+	output    string
+	timeout   time.Duration
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	def := os.Getenv("LOCKD_ENDPOINTS")
+	if def == "" {
+		def = "127.0.0.1:7070"
+	}
+	fs.StringVar(&c.endpoints, "endpoints", def, "the cluster's nodes, host:port,… (env LOCKD_ENDPOINTS)")
+	fs.DurationVar(&c.ttl, "ttl", lockd.DefaultTTL, "lease TTL")
+	fs.StringVar(&c.output, "output", "text", "text or json")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of each one-shot call")
+}
+
+func (c *clientFlags) validate() error {
+	if c.output != "text" && c.output != "json" {
+		return usageError{fmt.Errorf("--output must be text or json, not %q", c.output)}
+	}
+	if c.ttl <= 0 {
+		return usageError{errors.New("--ttl must be positive")}
+	}
+	return nil
+}
+
+func (c *clientFlags) client() (*lockd.Client, error) {
+	return lockd.New(strings.Split(c.endpoints, ","))
+}
+
+// parseArgs parses flags given before or after the positional arguments;
+// everything after "--" is returned apart, untouched (the command to run).
+func parseArgs(fs *flag.FlagSet, args []string) (positional, command []string, err error) {
+	for i, a := range args {
+		if a == "--" {
+			args, command = args[:i], args[i+1:]
+			break
+		}
+	}
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, nil, err
+			}
+			return nil, nil, usageError{err}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, command, nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: lockd %s\n\nflags:\n", usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// printJSON writes v as one line of JSON.
+func printJSON(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
+// describeErr makes an API error read well on a terminal.
+func describeErr(err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return fmt.Errorf("%s: %s", ce.Code(), ce.Message())
+	}
+	return err
+}
+
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
