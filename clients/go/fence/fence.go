@@ -30,7 +30,7 @@ import (
 // Header carries a fencing token on an HTTP request.
 const Header = "Lockd-Fencing-Token"
 
-// ErrStale: the token is older than one the resource has already accepted
+// ErrStale is returned for a token older than one the resource has already accepted
 // for the same lock; its holder has lost the lock.
 var ErrStale = errors.New("fence: stale fencing token")
 
