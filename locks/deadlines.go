@@ -51,15 +51,18 @@ func (d *Deadlines) Add(id uint64, ttl time.Duration, now time.Time) {
 	d.idx[id] = e
 }
 
-// KeepAlive restarts a tracked lease's deadline at now+TTL and returns the
-// TTL; ok is false for a lease it does not track.
+// KeepAlive moves a tracked lease's deadline to now+TTL, unless it is
+// later already (keep-alives answered out of order never shorten a lease),
+// and returns the TTL; ok is false for a lease it does not track.
 func (d *Deadlines) KeepAlive(id uint64, now time.Time) (ttl time.Duration, ok bool) {
 	e, ok := d.idx[id]
 	if !ok {
 		return 0, false
 	}
-	e.at = now.Add(e.ttl)
-	heap.Fix(&d.h, e.i)
+	if at := now.Add(e.ttl); at.After(e.at) {
+		e.at = at
+		heap.Fix(&d.h, e.i)
+	}
 	return e.ttl, true
 }
 

@@ -21,6 +21,9 @@ const (
 	Conflict
 	// Quota: a limit on leases, waiters or grants was reached.
 	Quota
+	// Aborted: the request was cancelled by its request id (its caller gave
+	// up, or the server could not learn its outcome); retry with a new one.
+	Aborted
 )
 
 func (c Code) String() string {
@@ -37,6 +40,8 @@ func (c Code) String() string {
 		return "conflict"
 	case Quota:
 		return "quota"
+	case Aborted:
+		return "aborted"
 	default:
 		return fmt.Sprintf("code(%d)", int32(c))
 	}

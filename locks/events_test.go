@@ -122,6 +122,12 @@ func TestObserver(t *testing.T) {
 	if err := tab.Restore(snap); err != nil {
 		t.Fatal(err)
 	}
+	// The restore itself is announced, so observers know the events between
+	// the old state and the new one are missing.
+	if len(got) != 3 || got[2][0].Type != Reset || got[2][0].Revision != tab.Revision() {
+		t.Fatalf("observed at restore %+v", got)
+	}
+	got = got[:2]
 	tab.Apply(4, 1, encode(cmdRelease(1, "x", 0)))
 	if len(got) != 3 || got[2][0].Type != Released {
 		t.Fatalf("observed after restore %+v", got)

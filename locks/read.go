@@ -124,8 +124,19 @@ func (t *Table) CheckFence(name string, token uint64) (valid bool, rev uint64) {
 
 // Lease describes a lease.
 func (t *Table) Lease(id uint64) (LeaseInfo, bool) {
+	info, _, ok := t.LeaseAt(id)
+	return info, ok
+}
+
+// LeaseAt describes a lease and returns the revision the description is of.
+func (t *Table) LeaseAt(id uint64) (LeaseInfo, uint64, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	info, ok := t.lease(id)
+	return info, t.rev, ok
+}
+
+func (t *Table) lease(id uint64) (LeaseInfo, bool) {
 	l, ok := t.leases[id]
 	if !ok {
 		return LeaseInfo{}, false

@@ -79,6 +79,9 @@ const (
 	Delayed
 	DelayEnded
 	ValueSet
+	// Reset: the table was replaced by a snapshot (a follower catching up);
+	// the events between the old state and the new one are not available.
+	Reset
 )
 
 func (e EventType) String() string {
@@ -103,6 +106,8 @@ func (e EventType) String() string {
 		return "delay-ended"
 	case ValueSet:
 		return "value-set"
+	case Reset:
+		return "reset"
 	default:
 		return "unknown"
 	}

@@ -83,9 +83,13 @@ func (t *Table) Restore(data []byte) error {
 		n.locks[lk.name] = lk
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.rev, t.term = n.rev, n.term
 	t.leases, t.locks, t.waiters, t.nsWaits = n.leases, n.locks, n.waiters, n.nsWaits
 	t.events = nil
+	observer := t.observer
+	t.mu.Unlock()
+	if observer != nil {
+		observer([]Event{{Type: Reset, Revision: n.rev}})
+	}
 	return nil
 }

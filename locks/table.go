@@ -597,7 +597,29 @@ func (t *Table) cancel(c *statev1.Cancel) *Result {
 	if !ok {
 		return &Result{Err: errorf(NotFound, "lease %d not found", c.GetLeaseId())}
 	}
-	if w, ok := l.waits[c.GetWaiterId()]; ok {
+	waiterID := c.GetWaiterId()
+	if rid := c.GetRequestId(); rid != 0 {
+		// Whatever the request did is undone below, and the request id
+		// answers Aborted from now on, also to an acquire applied later.
+		aborted := (&Result{Err: errorf(Aborted, "request %d of lease %d was cancelled; retry with a new request id", rid, l.id)}).toProto()
+		found := false
+		for _, d := range l.dedup {
+			if d.GetRequestId() == rid {
+				waiterID = d.GetResult().GetWaiterId()
+				d.Result, found = aborted, true
+			}
+		}
+		if !found {
+			if len(l.dedup) == dedupPerLease {
+				l.dedup = append(l.dedup[:0], l.dedup[1:]...)
+			}
+			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: rid, Result: aborted})
+		}
+		if waiterID == 0 {
+			return &Result{Revision: t.rev}
+		}
+	}
+	if w, ok := l.waits[waiterID]; ok {
 		t.next()
 		t.grantAll(t.unqueue(w, "withdrawn"))
 		return &Result{Revision: t.rev, Count: 1}
@@ -607,7 +629,7 @@ func (t *Table) cancel(c *statev1.Cancel) *Result {
 	var touched []*lock
 	for _, name := range sortedKeys(l.holds) {
 		h := l.holds[name]
-		if c.GetWaiterId() == 0 || h.waiterID != c.GetWaiterId() {
+		if waiterID == 0 || h.waiterID != waiterID {
 			continue
 		}
 		if len(touched) == 0 {

@@ -117,6 +117,10 @@ func Start(cfg Config) (*Node, error) {
 	// Proposal ids start at a random point so that entries proposed by an
 	// earlier incarnation of this node never answer a waiter of this one.
 	n.nextID.Store(binary.BigEndian.Uint64(seed[:]) >> 1)
+	// Read-index request ids likewise: a leader's late answer to a request
+	// of an earlier incarnation must not confirm a read of this one.
+	rand.Read(seed[:])
+	n.reads.nextID = binary.BigEndian.Uint64(seed[:]) >> 1
 
 	last, err := n.store.LastIndex()
 	if err != nil {

@@ -89,6 +89,9 @@ func newTransport(id, cluster uint64, faults Faults, writeTimeout time.Duration,
 		IdleConnTimeout:     time.Minute,
 	}
 	hc.Protocols.SetUnencryptedHTTP2(true)
+	// Ping idle connections, so one to a peer that vanished (no reset, no
+	// FIN) is noticed in a few election timeouts rather than TCP's minutes.
+	hc.HTTP2 = &http.HTTP2Config{SendPingTimeout: writeTimeout, PingTimeout: writeTimeout}
 	stopped, stop := context.WithCancel(context.Background())
 	return &transport{
 		stopped:      stopped,
@@ -314,7 +317,12 @@ func (p *peerSender) sendSnapshot(m *raftpb.Message) {
 	if err != nil {
 		return
 	}
-	req, err := http.NewRequestWithContext(p.ctx, http.MethodPost, p.url+snapshotPath, bytes.NewReader(data))
+	// A snapshot that does not arrive in time is reported as failed, so the
+	// leader tries again rather than waiting on a dead connection: a minute,
+	// plus a second per 10 MiB.
+	ctx, cancel := context.WithTimeout(p.ctx, time.Minute+time.Duration(len(data)/(10<<20))*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url+snapshotPath, bytes.NewReader(data))
 	if err != nil {
 		return
 	}

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,14 +19,37 @@ import (
 // "not granted" never holds the lock.
 func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Duration) (*locks.Result, error) {
 	leaseID := a.GetLeaseId()
+	if a.GetRequestId() == 0 {
+		// Every acquire has a request id, so that it can be cancelled by it.
+		a.RequestId = serverRequestID()
+	}
 	// Subscribe before proposing, so the grant cannot slip by unseen.
-	sub, _, _ := s.hub.subscribe(func(e locks.Event) bool {
+	match := func(e locks.Event) bool {
 		return e.LeaseID == leaseID && (e.Type == locks.Granted || e.Type == locks.Withdrawn || e.Type == locks.LeaseEnded)
-	}, 0)
-	defer sub.close()
-	res, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Acquire{Acquire: a}})
-	if err != nil || res.Granted || a.GetTry() {
-		return res, err
+	}
+	sub, _, _ := s.hub.subscribe(match, 0)
+	defer func() { sub.close() }()
+	// Propose without the caller's cancellation: once handed to raft the
+	// command may be applied whatever the caller does, and this side must
+	// learn what it did in order to undo it.
+	res, err := s.propose(context.WithoutCancel(ctx), &statev1.Command{Op: &statev1.Command_Acquire{Acquire: a}})
+	if err != nil {
+		if _, rejected := err.(*locks.Error); rejected || errors.Is(err, ErrNotProposed) {
+			return nil, err
+		}
+		// The outcome is unknown: cancel the request by its id, so it cannot
+		// take effect later, before answering.
+		if s.cancelRequest(leaseID, a.GetRequestId(), false) == nil {
+			return nil, connect.NewError(connect.CodeAborted, errors.New("the acquire could not be applied in time and was cancelled; retry with a new request id"))
+		}
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		s.cancelInBackground(leaseID, a.GetRequestId())
+		return nil, ctx.Err()
+	}
+	if res.Granted || a.GetTry() {
+		return res, nil
 	}
 	if res.Duplicate {
 		// A retry of a request that queued: it may have been granted since.
@@ -47,14 +73,14 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 				return r, err
 			}
 		case <-sub.lost:
-			// Cut off by the hub: look at the table instead, and listen again.
+			// Cut off by the hub: listen again, then look at the table, so
+			// that a grant made in between is seen one way or the other.
+			sub, _, _ = s.hub.subscribe(match, 0)
 			if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
 				return r, err
 			}
-			sub.close()
-			sub, _, _ = s.hub.subscribe(sub.match, 0)
 		case <-timeout:
-			if err := s.withdraw(leaseID, res.WaiterID); err != nil {
+			if err := s.cancelRequest(leaseID, a.GetRequestId(), true); err != nil {
 				return nil, err
 			}
 			return &locks.Result{Revision: s.table.Revision()}, nil
@@ -63,16 +89,18 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 			// another node with the same request id and finds it there.
 			return nil, errShuttingDown
 		case <-ctx.Done():
-			// The caller is gone: withdraw in the background, with a
-			// context of its own.
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.withdraw(leaseID, res.WaiterID)
-			}()
+			s.cancelInBackground(leaseID, a.GetRequestId())
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// serverRequestID makes a request id for an acquire that came without one.
+// Client ids are below 1<<63, so the two never collide.
+func serverRequestID() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) | 1<<63
 }
 
 // waiterOutcome looks up a queued acquire in the table: done is true once it
@@ -98,29 +126,43 @@ func (s *Server) waiterOutcome(leaseID uint64, queued *locks.Result, names int) 
 	}
 }
 
-// withdraw proposes the Cancel of a waiter, retrying while the cluster is
-// unavailable, for up to a minute or until the server closes: a waiter left
-// behind would be granted a lock nobody uses until its lease ends.
-func (s *Server) withdraw(leaseID, waiterID uint64) error {
-	ctx, cancel := context.WithTimeout(s.bg, time.Minute)
+// cancelRequest cancels an acquire by its request id: it withdraws the
+// waiter it queued, or releases the grant it got, and makes the id answer
+// Aborted from then on. It retries while the cluster is unavailable, for up
+// to a minute (until the server closes, if patient) or ProposeTimeout: a
+// waiter left behind would be granted a lock nobody uses until its lease
+// ends.
+func (s *Server) cancelRequest(leaseID, requestID uint64, patient bool) error {
+	limit := s.cfg.ProposeTimeout
+	if patient {
+		limit = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(s.bg, limit)
 	defer cancel()
 	backoff := 50 * time.Millisecond
 	for {
-		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := s.propose(pctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, WaiterId: waiterID}}})
-		pcancel()
+		_, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID}}})
 		if err == nil {
 			return nil
 		}
 		if _, isTable := err.(*locks.Error); isTable {
-			return nil // the lease is gone, and its waiter with it
+			return nil // the lease is gone, and whatever it had with it
 		}
 		select {
 		case <-ctx.Done():
-			s.log.Warn().Err(err).Uint64("lease", leaseID).Uint64("waiter", waiterID).Msg("could not withdraw a waiter; it goes when its lease ends")
+			s.log.Warn().Err(err).Uint64("lease", leaseID).Uint64("request", requestID).Msg("could not cancel an acquire; it goes when its lease ends")
 			return err
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// cancelInBackground cancels an acquire whose caller went away.
+func (s *Server) cancelInBackground(leaseID, requestID uint64) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.cancelRequest(leaseID, requestID, true)
+	}()
 }

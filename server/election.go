@@ -28,6 +28,9 @@ func (h *electionHandler) Campaign(ctx context.Context, req *connect.Request[loc
 	if m.GetLeaseId() == 0 {
 		return nil, invalid("lease_id is required")
 	}
+	if m.GetRequestId() >= 1<<63 {
+		return nil, invalid("request_id must be below 2^63")
+	}
 	if len(m.GetValue()) > locks.MaxValueBytes {
 		return nil, invalid("value is %d bytes, more than the limit of %d", len(m.GetValue()), locks.MaxValueBytes)
 	}
@@ -81,7 +84,7 @@ func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lock
 	}
 	name := election.LockName(req.Msg.GetName())
 	var last *lockdv1.LeaderResponse
-	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, 0,
+	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, req.Msg.GetAfterRevision(),
 		func(_ *locks.Event, state locks.LockInfo, rev uint64) error {
 			resp := leaderResponse(state, rev)
 			if last != nil && sameLeader(last.GetLeader(), resp.GetLeader()) {
@@ -90,9 +93,9 @@ func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lock
 			last = resp
 			return stream.Send(resp)
 		},
-		func(uint64) ([]locks.LockInfo, error) {
-			info, _, _ := h.s.table.Describe(name)
-			return []locks.LockInfo{info}, nil
+		func() ([]locks.LockInfo, uint64, error) {
+			info, rev, _ := h.s.table.Describe(name)
+			return []locks.LockInfo{info}, rev, nil
 		})
 }
 

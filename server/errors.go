@@ -15,6 +15,14 @@ import (
 // CodeUnavailable.
 var ErrUnavailable = errors.New("unavailable")
 
+// ErrNotProposed marks errors of a backend whose write was certainly not
+// proposed (no leader to take it): it had no effect, and can be retried as
+// is. Other failures of a write leave its outcome unknown.
+var ErrNotProposed = errors.New("not proposed")
+
+// errOutcomeUnknown: a write was not applied in time; it may still be.
+var errOutcomeUnknown = errors.New("the write was not applied in time (no quorum, or a leader change); its outcome is unknown; retry it with the same request id")
+
 // errShuttingDown ends the streams and waits of a node that drains.
 var errShuttingDown = connect.NewError(connect.CodeUnavailable, errors.New("this node is shutting down; retry on another node"))
 
@@ -29,6 +37,7 @@ var codes = map[locks.Code]connect.Code{
 	locks.NotHolder: connect.CodeFailedPrecondition,
 	locks.Conflict:  connect.CodeFailedPrecondition,
 	locks.Quota:     connect.CodeResourceExhausted,
+	locks.Aborted:   connect.CodeAborted,
 }
 
 // toConnect maps a domain error to the Connect error a client sees. This is

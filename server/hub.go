@@ -40,6 +40,17 @@ func (h *hub) publish(events []locks.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, e := range events {
+		if e.Type == locks.Reset {
+			// The table jumped to a snapshot: the history has a hole, so
+			// forget it, and cut every subscriber off to look at the table
+			// afresh.
+			h.ring, h.start = h.ring[:0], 0
+			for s := range h.subs {
+				close(s.lost)
+				delete(h.subs, s)
+			}
+			continue
+		}
 		if len(h.ring) < hubHistory {
 			h.ring = append(h.ring, e)
 		} else {
@@ -75,8 +86,10 @@ func (h *hub) subscribe(match func(locks.Event) bool, after uint64) (s *subscrip
 	n := len(h.ring)
 	for i := range n {
 		e := h.ring[(h.start+i)%n]
-		if i == 0 && e.Revision > after+1 {
-			return s, nil, false // the history no longer reaches back to after
+		if i == 0 && e.Revision > after {
+			// The history no longer reaches back to after (the oldest
+			// retained revision may have lost some of its events too).
+			return s, nil, false
 		}
 		if e.Revision > after && match(e) {
 			replay = append(replay, e)

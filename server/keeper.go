@@ -17,12 +17,14 @@ import (
 // passed and the end of lock-delays that ran out.
 //
 // Its guarantees, which the docs repeat: a lease never expires before TTL
-// after the last keep-alive the leader saw, because a new leader restarts
-// every deadline at now+TTL before it expires anything, an expiry is
-// proposed only while the leader has seen a quorum within an election
-// timeout, and an expiry proposed in an old term is ignored at apply. It
-// expires at most TTL plus one failover (election timeout and a tick) after
-// the last keep-alive.
+// after the last keep-alive a leader acknowledged, because a keep-alive is
+// acknowledged only once a quorum confirms this node still leads (see
+// keepAlive), a new leader restarts every deadline at now+TTL before it
+// expires anything, a lease whose expiry is decided is never revived, an
+// expiry is proposed only while the leader has seen a quorum recently, and
+// an expiry proposed in an old term is ignored at apply. It expires at most
+// TTL plus one failover (election timeout and a tick) after the last
+// keep-alive.
 type keeper struct {
 	raft  Raft
 	table *locks.Table
@@ -34,6 +36,7 @@ type keeper struct {
 	deadlines *locks.Deadlines
 	delays    map[string]delayEnd // lock name → when its delay ends
 	inflight  map[uint64]bool     // leases whose expiry is being proposed
+	expiring  map[uint64]bool     // leases this leader decided to expire; no keep-alive revives them
 	ending    map[string]bool     // locks whose delay end is being proposed
 }
 
@@ -44,7 +47,7 @@ type delayEnd struct {
 
 func newKeeper(r Raft, t *locks.Table, tick time.Duration, log zerolog.Logger) *keeper {
 	return &keeper{raft: r, table: t, tick: tick, log: log, deadlines: locks.NewDeadlines(),
-		delays: map[string]delayEnd{}, inflight: map[uint64]bool{}, ending: map[string]bool{}}
+		delays: map[string]delayEnd{}, inflight: map[uint64]bool{}, expiring: map[uint64]bool{}, ending: map[string]bool{}}
 }
 
 // run drives expiries until ctx ends.
@@ -71,6 +74,7 @@ func (k *keeper) syncLocked(now time.Time) (leader bool, term uint64, quorum boo
 			k.term = 0
 			k.deadlines.Reset(nil, now)
 			clear(k.delays)
+			clear(k.expiring)
 		}
 	case k.term != term:
 		// Taking office: every lease gets a full TTL from now, every delay
@@ -78,6 +82,7 @@ func (k *keeper) syncLocked(now time.Time) (leader bool, term uint64, quorum boo
 		k.term = term
 		k.deadlines.Reset(k.table.LeaseTTLs(), now)
 		clear(k.delays)
+		clear(k.expiring)
 		for _, d := range k.table.DelayedLocks() {
 			k.delays[d.Name] = delayEnd{rev: d.DelayRevision, at: now.Add(d.Delay)}
 		}
@@ -96,6 +101,7 @@ func (k *keeper) step(ctx context.Context) {
 	}
 	var expire []uint64
 	for _, id := range k.deadlines.Expired(now, 1024) {
+		k.expiring[id] = true
 		if !k.inflight[id] {
 			k.inflight[id] = true
 			expire = append(expire, id)
@@ -154,6 +160,7 @@ func (k *keeper) observe(events []locks.Event) {
 			k.deadlines.Add(e.LeaseID, e.TTL, now)
 		case locks.LeaseEnded:
 			k.deadlines.Remove(e.LeaseID)
+			delete(k.expiring, e.LeaseID)
 		case locks.Delayed:
 			k.delays[e.Name] = delayEnd{rev: e.DelayRevision, at: now.Add(e.Delay)}
 		case locks.DelayEnded:
@@ -162,36 +169,44 @@ func (k *keeper) observe(events []locks.Event) {
 	}
 }
 
-// keepAlive restarts a lease's deadline. ok is false if this node does not
-// lead; the lease is unknown if found is false.
+// keepAlive restarts a lease's deadline. leader is false if this node does
+// not lead (the caller forwards the keep-alive); found is false for a lease
+// that does not exist or whose expiry this leader has already decided.
+//
+// Before it answers, it confirms with a quorum (ReadIndex) that this node
+// still leads in the term it led in when the keep-alive arrived. No later
+// leader can then have been elected before the confirmation, so any later
+// leader restarts the lease's deadline after the keep-alive arrived: the
+// lease cannot expire earlier than TTL after it, even if this leader is
+// deposed a moment later. ReadIndex also makes this node apply everything
+// committed before, such as an expiry a previous leader decided.
 func (k *keeper) keepAlive(ctx context.Context, id uint64) (ttl time.Duration, leader, found bool, err error) {
 	now := time.Now()
 	k.mu.Lock()
-	leader, _, _ = k.syncLocked(now)
+	leader, term, _ := k.syncLocked(now)
+	k.mu.Unlock()
 	if !leader {
-		k.mu.Unlock()
 		return 0, false, false, nil
 	}
-	ttl, found = k.deadlines.KeepAlive(id, now)
-	k.mu.Unlock()
-	if found {
-		return ttl, true, true, nil
-	}
-	// Granted so recently that this node has not applied it yet? Catch up
-	// with the commit index and look again.
 	if err := k.raft.ReadIndex(ctx); err != nil {
 		return 0, true, false, err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if still, t, _ := k.syncLocked(time.Now()); !still || t != term {
+		return 0, false, false, nil
+	}
+	if k.expiring[id] {
+		return 0, true, false, nil
+	}
+	if ttl, ok := k.deadlines.KeepAlive(id, now); ok {
+		return ttl, true, true, nil
 	}
 	info, ok := k.table.Lease(id)
 	if !ok {
 		return 0, true, false, nil
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.term == 0 {
-		return 0, false, false, nil
-	}
-	k.deadlines.Add(id, info.TTL, time.Now())
+	k.deadlines.Add(id, info.TTL, now)
 	return info.TTL, true, true, nil
 }
 

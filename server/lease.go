@@ -155,7 +155,10 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	if err := h.s.read(ctx, false); err != nil {
 		return err
 	}
-	if _, ok := h.s.table.Lease(id); !ok {
+	// The lease's grants and the revision they are of, read together: events
+	// after that revision follow on the stream, none is lost in between.
+	info, floor, ok := h.s.table.LeaseAt(id)
+	if !ok {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", id))
 	}
 	if err := stream.Send(nil); err != nil { // headers now; see Watch
@@ -163,12 +166,13 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	}
 	// Start with what the lease holds now, so a client that reconnects
 	// learns its grants without a separate call.
-	info, _ := h.s.table.Lease(id)
-	floor := h.s.table.Revision()
 	for _, g := range info.Held {
 		if err := stream.Send(&lockdv1.LeaseEvent{Type: lockdv1.LeaseEvent_TYPE_GRANTED, Revision: floor, Name: g.Name, Token: g.Token, Reason: "held"}); err != nil {
 			return err
 		}
+	}
+	if err := stream.Send(&lockdv1.LeaseEvent{Type: lockdv1.LeaseEvent_TYPE_SYNCED, Revision: floor}); err != nil {
+		return err
 	}
 	for {
 		select {
@@ -188,8 +192,10 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 				ev.Type = lockdv1.LeaseEvent_TYPE_GRANTED
 			case locks.Released:
 				ev.Type = lockdv1.LeaseEvent_TYPE_RELEASED
-				if e.Reason == "expired" || e.Reason == "revoked" {
-					ev.Type = lockdv1.LeaseEvent_TYPE_LOST // the lease's end took it
+				if e.Reason != "released" {
+					// Not the holder's own release: the lease's end took it,
+					// or a cancelled acquire whose grant won the race.
+					ev.Type = lockdv1.LeaseEvent_TYPE_LOST
 				}
 			case locks.ForceReleased:
 				ev.Type = lockdv1.LeaseEvent_TYPE_LOST

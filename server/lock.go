@@ -42,6 +42,9 @@ func (h *lockHandler) Acquire(ctx context.Context, req *connect.Request[lockdv1.
 	if m.GetLeaseId() == 0 {
 		return nil, invalid("lease_id is required")
 	}
+	if m.GetRequestId() >= 1<<63 {
+		return nil, invalid("request_id must be below 2^63")
+	}
 	var wait *time.Duration
 	if w := m.GetWait(); w != nil {
 		if err := w.CheckValid(); err != nil {
@@ -83,10 +86,9 @@ func (h *lockHandler) Acquire(ctx context.Context, req *connect.Request[lockdv1.
 		for i, n := range names {
 			resp.Grants = append(resp.Grants, &lockdv1.Grant{Name: n, Token: res.Tokens[i], Mode: m.GetMode()})
 		}
+		// Only the leader knows how long the lease has left.
 		if ttl, ok := h.s.keeper.remaining(m.GetLeaseId()); ok {
 			resp.Ttl = durationpb.New(ttl)
-		} else if info, ok := h.s.table.Lease(m.GetLeaseId()); ok {
-			resp.Ttl = durationpb.New(info.TTL)
 		}
 	}
 	return connect.NewResponse(resp), nil
@@ -244,21 +246,25 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 			ev.Revision, ev.Name, ev.LeaseId, ev.Token, ev.Reason = e.Revision, e.Name, e.LeaseID, e.Token, e.Reason
 		}
 		return stream.Send(ev)
-	}, func(rev uint64) ([]locks.LockInfo, error) {
+	}, func() ([]locks.LockInfo, uint64, error) {
 		if !m.GetPrefix() {
-			info, _, _ := h.s.table.Describe(m.GetName())
-			return []locks.LockInfo{info}, nil
+			info, rev, _ := h.s.table.Describe(m.GetName())
+			return []locks.LockInfo{info}, rev, nil
 		}
 		var all []locks.LockInfo
+		var first uint64
 		after := ""
 		for {
-			page, _, more := h.s.table.List(m.GetName(), after, 1000)
+			page, rev, more := h.s.table.List(m.GetName(), after, 1000)
+			if first == 0 {
+				first = rev // the oldest of the pages: later events may repeat, none is missed
+			}
 			all = append(all, page...)
-			if !more || len(all) >= 10000 {
-				if more {
-					return nil, connect.NewError(connect.CodeResourceExhausted, errors.New("more than 10000 locks under the prefix; watch a narrower one"))
-				}
-				return all, nil
+			if !more {
+				return all, first, nil
+			}
+			if len(all) >= 10000 {
+				return nil, 0, connect.NewError(connect.CodeResourceExhausted, errors.New("more than 10000 locks under the prefix; watch a narrower one"))
 			}
 			after = page[len(page)-1].Name
 		}
@@ -267,10 +273,10 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 
 // watch runs a watch stream: the current state first (or, when resuming
 // from a revision this node still has, the events since), then every
-// matching event, each with the state of its lock after it.
+// matching event, each with the current state of its lock.
 func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after uint64,
 	send func(e *locks.Event, state locks.LockInfo, rev uint64) error,
-	current func(rev uint64) ([]locks.LockInfo, error)) error {
+	current func() ([]locks.LockInfo, uint64, error)) error {
 	sub, replay, complete := s.hub.subscribe(match, after)
 	defer func() { sub.close() }()
 	floor := after
@@ -278,11 +284,13 @@ func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after 
 		if err := s.read(ctx, false); err != nil {
 			return err
 		}
-		floor = s.table.Revision()
-		infos, err := current(floor)
+		// The state and the revision it is of, read together; events up to
+		// that revision are in the state already.
+		infos, rev, err := current()
 		if err != nil {
 			return err
 		}
+		floor = rev
 		for _, info := range infos {
 			if err := send(nil, info, floor); err != nil {
 				return err
@@ -308,7 +316,7 @@ func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after 
 		case <-s.bg.Done():
 			return errShuttingDown
 		case <-sub.lost:
-			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the watch fell behind; resume with after_revision"))
+			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the watch lost events (it fell behind, or this node caught up from a snapshot); resume with after_revision"))
 		case e := <-sub.c:
 			if err := deliver(e); err != nil {
 				return err

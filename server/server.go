@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime/debug"
@@ -46,8 +47,11 @@ type Config struct {
 	// lease cannot expire during an ordinary failover.
 	MinTTL time.Duration
 	// Tick is how often the leader checks lease deadlines and delays.
-	Tick   time.Duration
-	Logger zerolog.Logger
+	Tick time.Duration
+	// ProposeTimeout bounds how long a write waits to be applied before it
+	// is answered Unavailable with its outcome unknown. Default 5s.
+	ProposeTimeout time.Duration
+	Logger         zerolog.Logger
 }
 
 // Server serves the lockd API.
@@ -73,6 +77,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Tick == 0 {
 		cfg.Tick = 50 * time.Millisecond
+	}
+	if cfg.ProposeTimeout == 0 {
+		cfg.ProposeTimeout = 5 * time.Second
 	}
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
@@ -139,8 +146,16 @@ func (s *Server) propose(ctx context.Context, cmd *statev1.Command) (*locks.Resu
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.raft.Propose(ctx, data)
+	// Bounded on this side too: raft drops some proposals without a word
+	// (a forwarded one during a leader change, say), and a caller without a
+	// deadline would wait forever.
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProposeTimeout)
+	defer cancel()
+	v, err := s.raft.Propose(pctx, data)
 	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, errOutcomeUnknown)
+		}
 		return nil, s.unavailable(err)
 	}
 	res, ok := v.(*locks.Result)

@@ -42,15 +42,22 @@ func (e *Election) Campaign(ctx context.Context, value []byte) error {
 	}
 	req := &lockdv1.CampaignRequest{Name: e.name, LeaseId: e.s.id, Value: value, RequestId: e.s.nextRequestID()}
 	var resp *lockdv1.CampaignResponse
-	err := e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
-		r, err := ep.election.Campaign(ctx, connect.NewRequest(req))
-		if err == nil {
-			resp = r.Msg
+	for {
+		err := e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+			r, err := ep.election.Campaign(ctx, connect.NewRequest(req))
+			if err == nil {
+				resp = r.Msg
+			}
+			return err
+		})
+		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
+			req.RequestId = e.s.nextRequestID() // cancelled by the server; see Mutex.Lock
+			continue
 		}
-		return err
-	})
-	if err != nil {
-		return err
+		if err != nil {
+			return err
+		}
+		break
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -149,16 +156,20 @@ func (c *Client) Observe(ctx context.Context, name string) <-chan Observation {
 	go func() {
 		defer close(out)
 		var last *Leader
+		var lastRev uint64
 		first := true
 		for ctx.Err() == nil {
 			c.do(ctx, func(ctx context.Context, ep *endpoint) error {
-				stream, err := ep.election.Observe(ctx, connect.NewRequest(&lockdv1.ObserveRequest{Name: name}))
+				// Resume after the last revision seen: the node replays the
+				// changes since, or starts again with the current state.
+				stream, err := ep.election.Observe(ctx, connect.NewRequest(&lockdv1.ObserveRequest{Name: name, AfterRevision: lastRev}))
 				if err != nil {
 					return err
 				}
 				defer stream.Close()
 				for stream.Receive() {
 					l := leaderOf(stream.Msg())
+					lastRev = max(lastRev, stream.Msg().GetRevision())
 					if !first && sameLeader(last, l) {
 						continue
 					}

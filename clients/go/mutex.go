@@ -151,17 +151,27 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 		req.LockDelay = durationpb.New(m.delay)
 	}
 	var resp *lockdv1.AcquireResponse
-	// The same request id on every retry: a retry after a lost reply finds
-	// the first attempt's waiter or grant instead of queueing again.
-	err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-		r, err := e.lock.Acquire(ctx, connect.NewRequest(req))
-		if err == nil {
-			resp = r.Msg
+	for {
+		// The same request id on every retry: a retry after a lost reply
+		// finds the first attempt's waiter or grant instead of queueing
+		// again.
+		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
+			r, err := e.lock.Acquire(ctx, connect.NewRequest(req))
+			if err == nil {
+				resp = r.Msg
+			}
+			return err
+		})
+		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
+			// The server cancelled the request (it could not learn its
+			// outcome in time): start again with a new id.
+			req.RequestId = m.s.nextRequestID()
+			continue
 		}
-		return err
-	})
-	if err != nil {
-		return false, err
+		if err != nil {
+			return false, err
+		}
+		break
 	}
 	if !resp.GetGranted() {
 		return false, nil

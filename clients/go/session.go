@@ -211,9 +211,16 @@ func (s *Session) watchEvents(ctx context.Context) {
 				return err
 			}
 			defer stream.Close()
+			held := map[string]uint64{}
 			for stream.Receive() {
 				ev := stream.Msg()
 				switch ev.GetType() {
+				case lockdv1.LeaseEvent_TYPE_GRANTED:
+					held[ev.GetName()] = ev.GetToken()
+				case lockdv1.LeaseEvent_TYPE_SYNCED:
+					// A grant this session tracks that the server no longer
+					// lists was lost while the stream was down.
+					s.lostUnless(held, ev.GetRevision())
 				case lockdv1.LeaseEvent_TYPE_LOST:
 					s.lost(ev.GetName(), ev.GetToken(), ev.GetReason())
 				case lockdv1.LeaseEvent_TYPE_LEASE_ENDED:
@@ -233,6 +240,23 @@ func (s *Session) watchEvents(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, s.c.opts.maxBackoff)
+	}
+}
+
+// lostUnless reports as lost every tracked grant made by revision rev (a
+// token is the revision of its grant) that held, the grants as of rev, lacks.
+func (s *Session) lostUnless(held map[string]uint64, rev uint64) {
+	s.mu.Lock()
+	var gone []*grantWatch
+	for name, g := range s.grants {
+		if g.token <= rev && held[name] != g.token {
+			gone = append(gone, g)
+			delete(s.grants, name)
+		}
+	}
+	s.mu.Unlock()
+	for _, g := range gone {
+		g.cancel(fmt.Errorf("%w: no longer held after reconnecting", ErrLost))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,7 +489,7 @@ func TestAPILeaseExpiryAndEvents(t *testing.T) {
 	for events.Receive() {
 		types = append(types, events.Msg().GetType())
 	}
-	want := []lockdv1.LeaseEvent_Type{lockdv1.LeaseEvent_TYPE_GRANTED, lockdv1.LeaseEvent_TYPE_LOST, lockdv1.LeaseEvent_TYPE_LEASE_ENDED}
+	want := []lockdv1.LeaseEvent_Type{lockdv1.LeaseEvent_TYPE_GRANTED, lockdv1.LeaseEvent_TYPE_SYNCED, lockdv1.LeaseEvent_TYPE_LOST, lockdv1.LeaseEvent_TYPE_LEASE_ENDED}
 	if fmt.Sprint(types) != fmt.Sprint(want) {
 		t.Fatalf("lease events %v, want %v", types, want)
 	}
@@ -543,6 +544,7 @@ func TestAPILockDelayAndForceRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	events.Receive() // the current grant
+	events.Receive() // synced
 	if _, err := c.lock.ForceRelease(context.Background(), connect.NewRequest(&lockdv1.ForceReleaseRequest{Name: "fr", Reason: "stuck job"})); err != nil {
 		t.Fatal(err)
 	}
@@ -705,5 +707,61 @@ func TestAPIHealthAndStatus(t *testing.T) {
 	st, err := newClients(ins[0].url()).cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{}))
 	if err != nil || st.Msg.GetState() != "leader" {
 		t.Fatalf("status: %v %v", st, err)
+	}
+}
+
+// cutLinks is a node.Faults that drops everything a node sends to peers
+// while cut is set.
+type cutLinks struct{ cut atomic.Bool }
+
+func (c *cutLinks) Outbound(from, to uint64) (bool, time.Duration) { return c.cut.Load(), 0 }
+
+// A leader cut off from its peers, but still reachable by clients, must not
+// acknowledge keep-alives: another leader may already count the lease's TTL
+// from before them.
+func TestAPIIsolatedLeaderRefusesKeepAlives(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	var initial []string
+	for i, a := range addrs {
+		initial = append(initial, fmt.Sprintf("n%d=http://%s", i+1, a))
+	}
+	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	var ins []*instance
+	var links []*cutLinks
+	for i, a := range addrs {
+		l := &cutLinks{}
+		in, err := start(serveConfig{
+			name: fmt.Sprintf("n%d", i+1), dataDir: filepath.Join(base, fmt.Sprint(i)), listen: a,
+			initialCluster: strings.Join(initial, ","), heartbeat: 30 * time.Millisecond,
+			electionTimeout: testElection, snapshotEntries: 10000, faults: l,
+		}, peers, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(in.close)
+		ins, links = append(ins, in), append(links, l)
+	}
+	leader := waitLeader(t, ins)
+	c := newClients(leader.url())
+	id := grant(t, c, 2*time.Second, "kept")
+	if _, err := c.lease.KeepAlive(context.Background(), connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: id})); err != nil {
+		t.Fatal(err)
+	}
+	// Cut the leader off: it still believes it leads for a while.
+	for i, in := range ins {
+		if in == leader {
+			links[i].cut.Store(true)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req := connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: id})
+	req.Header().Set("Lockd-Forwarded", "1") // answer here, do not forward
+	if _, err := c.lease.KeepAlive(ctx, req); err == nil {
+		t.Fatal("a leader cut off from its peers acknowledged a keep-alive")
 	}
 }

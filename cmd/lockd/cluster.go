@@ -63,7 +63,10 @@ func nodeError(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrNoLeader) || errors.Is(err, node.ErrReadTimeout) {
+	if errors.Is(err, node.ErrNoLeader) {
+		return fmt.Errorf("%w: %w: %w", server.ErrUnavailable, server.ErrNotProposed, err)
+	}
+	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrReadTimeout) {
 		return fmt.Errorf("%w: %w", server.ErrUnavailable, err)
 	}
 	return err

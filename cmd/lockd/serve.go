@@ -34,6 +34,10 @@ type serveConfig struct {
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
+
+	// faults, set only by in-process tests, replaces the fault injection
+	// of the build.
+	faults node.Faults
 }
 
 func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
@@ -131,6 +135,11 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	if in.store, err = store.Open(c.dataDir, store.Options{Logger: log.With().Str("component", "store").Logger()}); err != nil {
 		return nil, fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
 	}
+	mux := http.NewServeMux()
+	faults := faultInjection(mux)
+	if c.faults != nil {
+		faults = c.faults
+	}
 	table := locks.NewTable()
 	in.node, err = node.Start(node.Config{
 		Name:              c.name,
@@ -140,6 +149,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		HeartbeatInterval: c.heartbeat,
 		ElectionTimeout:   c.electionTimeout,
 		SnapshotEntries:   c.snapshotEntries,
+		Faults:            faults,
 		Logger:            log.With().Str("component", "node").Logger(),
 	})
 	if err != nil {
@@ -153,7 +163,6 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		Tick:    c.heartbeat / 2,
 		Logger:  log.With().Str("component", "server").Logger(),
 	})
-	mux := http.NewServeMux()
 	in.api.Register(mux)
 	mux.Handle(node.PeerPathPrefix, in.node.PeerHandler())
 	in.srv = &http.Server{

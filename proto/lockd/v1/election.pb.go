@@ -427,8 +427,11 @@ func (x *LeaderInfo) GetOwner() string {
 }
 
 type ObserveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Resume after this revision: changes after it are replayed if this node
+	// still has them; otherwise the stream starts with the current state.
+	AfterRevision uint64 `protobuf:"varint,2,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -468,6 +471,13 @@ func (x *ObserveRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *ObserveRequest) GetAfterRevision() uint64 {
+	if x != nil {
+		return x.AfterRevision
+	}
+	return 0
 }
 
 type ResignRequest struct {
@@ -608,9 +618,10 @@ const file_lockd_v1_election_proto_rawDesc = "" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x19\n" +
 	"\blease_id\x18\x03 \x01(\x04R\aleaseId\x12\x14\n" +
-	"\x05owner\x18\x04 \x01(\tR\x05owner\"$\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\"K\n" +
 	"\x0eObserveRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"R\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
+	"\x0eafter_revision\x18\x02 \x01(\x04R\rafterRevision\"R\n" +
 	"\rResignRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x12\n" +

@@ -81,12 +81,17 @@ const (
 	LeaseEvent_TYPE_UNSPECIFIED LeaseEvent_Type = 0
 	// A lock was granted to the lease.
 	LeaseEvent_TYPE_GRANTED LeaseEvent_Type = 1
-	// A grant was lost: the lock was force-released by an admin.
+	// A grant was lost: force-released by an admin, taken by the lease's
+	// end, or released because the acquire that got it was cancelled.
 	LeaseEvent_TYPE_LOST LeaseEvent_Type = 2
 	// The lease ended (revoked or expired); every grant it had is gone.
 	LeaseEvent_TYPE_LEASE_ENDED LeaseEvent_Type = 3
 	// The lease's lock was released by the lease itself.
 	LeaseEvent_TYPE_RELEASED LeaseEvent_Type = 4
+	// Sent once after the TYPE_GRANTED events that open the stream: they
+	// are everything the lease holds as of this revision. A client that
+	// reconnects treats any grant it knew of and does not see as lost.
+	LeaseEvent_TYPE_SYNCED LeaseEvent_Type = 5
 )
 
 // Enum value maps for LeaseEvent_Type.
@@ -97,6 +102,7 @@ var (
 		2: "TYPE_LOST",
 		3: "TYPE_LEASE_ENDED",
 		4: "TYPE_RELEASED",
+		5: "TYPE_SYNCED",
 	}
 	LeaseEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
@@ -104,6 +110,7 @@ var (
 		"TYPE_LOST":        2,
 		"TYPE_LEASE_ENDED": 3,
 		"TYPE_RELEASED":    4,
+		"TYPE_SYNCED":      5,
 	}
 )
 
@@ -954,20 +961,21 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\"\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x0e.lockd.v1.ModeR\x04mode\"/\n" +
 	"\x12LeaseEventsRequest\x12\x19\n" +
-	"\blease_id\x18\x01 \x01(\x04R\aleaseId\"\x81\x02\n" +
+	"\blease_id\x18\x01 \x01(\x04R\aleaseId\"\x92\x02\n" +
 	"\n" +
 	"LeaseEvent\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.lockd.v1.LeaseEvent.TypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x04 \x01(\x04R\x05token\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"f\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"w\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTYPE_GRANTED\x10\x01\x12\r\n" +
 	"\tTYPE_LOST\x10\x02\x12\x14\n" +
 	"\x10TYPE_LEASE_ENDED\x10\x03\x12\x11\n" +
-	"\rTYPE_RELEASED\x10\x04*A\n" +
+	"\rTYPE_RELEASED\x10\x04\x12\x0f\n" +
+	"\vTYPE_SYNCED\x10\x05*A\n" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eMODE_EXCLUSIVE\x10\x01\x12\x0f\n" +

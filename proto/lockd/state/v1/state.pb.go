@@ -554,10 +554,14 @@ func (x *Release) GetRequestId() uint64 {
 
 // Cancel withdraws a waiter; if the waiter was granted already, the grant it
 // got is released, so a caller told "not granted" never holds the lock.
+// With request_id it cancels whatever the acquire with that request id did,
+// and makes that request id answer Aborted from then on, so an acquire whose
+// outcome the server could not learn cannot take effect later.
 type Cancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId       uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	WaiterId      uint64                 `protobuf:"varint,2,opt,name=waiter_id,json=waiterId,proto3" json:"waiter_id,omitempty"`
+	RequestId     uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,6 +606,13 @@ func (x *Cancel) GetLeaseId() uint64 {
 func (x *Cancel) GetWaiterId() uint64 {
 	if x != nil {
 		return x.WaiterId
+	}
+	return 0
+}
+
+func (x *Cancel) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
 	}
 	return 0
 }
@@ -1417,10 +1428,12 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x04 \x01(\x04R\trequestId\"@\n" +
+	"request_id\x18\x04 \x01(\x04R\trequestId\"_\n" +
 	"\x06Cancel\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\x1b\n" +
-	"\twaiter_id\x18\x02 \x01(\x04R\bwaiterId\"P\n" +
+	"\twaiter_id\x18\x02 \x01(\x04R\bwaiterId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\x04R\trequestId\"P\n" +
 	"\fForceRelease\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x16\n" +

@@ -1,0 +1,95 @@
+package locks
+
+import (
+	"testing"
+
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+)
+
+func cmdAcqReq(lease, req uint64, names ...string) *statev1.Command {
+	return cmdAcquire(&statev1.Acquire{Names: names, LeaseId: lease, RequestId: req})
+}
+
+func cmdCancelReq(lease, req uint64) *statev1.Command {
+	return &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: lease, RequestId: req}}}
+}
+
+// Cancel by request id undoes whatever that acquire did and makes the id
+// answer Aborted from then on, even to an acquire applied after the cancel.
+func TestCancelByRequestID(t *testing.T) {
+	t.Run("before the acquire is applied", func(t *testing.T) {
+		h := newHarness(t)
+		a := h.lease()
+		h.ok(h.apply(cmdCancelReq(a, 7)))
+		h.unchanged("a late acquire of a cancelled request", func() {
+			h.fails(h.apply(cmdAcqReq(a, 7, "x")), Aborted)
+		})
+		if len(h.holders("x")) != 0 {
+			t.Fatal("the cancelled request took the lock")
+		}
+	})
+	t.Run("queued", func(t *testing.T) {
+		h := newHarness(t)
+		a, b, c := h.lease(), h.lease(), h.lease()
+		tok := h.hold(a, "x")
+		res := h.ok(h.apply(cmdAcqReq(b, 3, "x")))
+		if res.Granted {
+			t.Fatal("granted while held")
+		}
+		wc := h.queue(c, "x")
+		h.ok(h.apply(cmdCancelReq(b, 3)))
+		if w := h.waiters("x"); len(w) != 1 || w[0] != wc {
+			t.Fatalf("waiters %v, want only c's %d", w, wc)
+		}
+		h.fails(h.apply(cmdAcqReq(b, 3, "x")), Aborted)
+		h.release(a, "x", tok)
+		if got := h.holders("x"); len(got) != 1 || got[0] != c {
+			t.Fatalf("holders %v, want c", got)
+		}
+	})
+	t.Run("granted", func(t *testing.T) {
+		h := newHarness(t)
+		a, b := h.lease(), h.lease()
+		res := h.ok(h.apply(cmdAcqReq(a, 5, "x", "y")))
+		if !res.Granted {
+			t.Fatal("not granted")
+		}
+		h.queue(b, "y")
+		h.ok(h.apply(cmdCancelReq(a, 5)))
+		if len(h.holders("x")) != 0 {
+			t.Fatal("the cancelled grant still holds x")
+		}
+		if got := h.holders("y"); len(got) != 1 || got[0] != b {
+			t.Fatalf("y went to %v, want b", got)
+		}
+		var lost int
+		for _, e := range h.events {
+			if e.Type == Released && e.LeaseID == a && e.Reason == "withdrawn" {
+				lost++
+			}
+		}
+		if lost != 2 {
+			t.Fatalf("%d withdrawal releases reported, want 2", lost)
+		}
+	})
+	t.Run("a reentrant acquire cancelled keeps the earlier grant", func(t *testing.T) {
+		h := newHarness(t)
+		a := h.lease()
+		tok := h.hold(a, "x")
+		res := h.ok(h.apply(cmdAcqReq(a, 9, "x")))
+		if !res.Granted || res.Tokens[0] != tok {
+			t.Fatalf("re-acquire: %+v", res)
+		}
+		h.ok(h.apply(cmdCancelReq(a, 9)))
+		if got := h.holders("x"); len(got) != 1 || got[0] != a {
+			t.Fatalf("holders %v: cancelling a reentrant acquire released the earlier grant", got)
+		}
+	})
+	t.Run("unknown lease", func(t *testing.T) {
+		h := newHarness(t)
+		h.lease()
+		h.unchanged("cancel for an unknown lease", func() {
+			h.fails(h.apply(cmdCancelReq(99, 1)), NotFound)
+		})
+	})
+}
