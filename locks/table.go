@@ -461,6 +461,9 @@ func (t *Table) grantAll(work []*lock) {
 		work = work[1:]
 		for len(lk.queue) > 0 {
 			w := lk.queue[0]
+			if bugBarging {
+				w = lk.queue[len(lk.queue)-1] // the newest waiter first
+			}
 			if !t.grantable(w) {
 				break
 			}
@@ -480,7 +483,8 @@ func (t *Table) grantAll(work []*lock) {
 func (t *Table) grantable(w *waiter) bool {
 	for _, n := range w.names {
 		lk := t.locks[n]
-		if lk.queue[0] != w || lk.delayed() || !lk.compatible(w.mode) {
+		head := lk.queue[0] == w || (bugBarging && len(lk.queue) > 0 && lk.queue[len(lk.queue)-1] == w)
+		if !head || lk.delayed() || !lk.compatible(w.mode) {
 			return false
 		}
 	}
@@ -489,9 +493,17 @@ func (t *Table) grantable(w *waiter) bool {
 
 func (t *Table) grant(w *waiter) {
 	token := t.next()
+	if bugTokenReuse {
+		token = w.lease.id
+	}
 	for _, n := range w.names {
 		lk := t.locks[n]
-		lk.queue = lk.queue[1:]
+		for i, q := range lk.queue {
+			if q == w {
+				lk.queue = append(lk.queue[:i:i], lk.queue[i+1:]...)
+				break
+			}
+		}
 		t.unwait(n)
 		h := &holder{lease: w.lease, token: token, mode: w.mode, value: w.value, waiterID: w.id}
 		lk.holders = append(lk.holders, h)

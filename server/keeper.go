@@ -157,7 +157,11 @@ func (k *keeper) observe(events []locks.Event) {
 	for _, e := range events {
 		switch e.Type {
 		case locks.LeaseGranted:
-			k.deadlines.Add(e.LeaseID, e.TTL, now)
+			ttl := e.TTL
+			if bugEarlyExpiry {
+				ttl /= 3
+			}
+			k.deadlines.Add(e.LeaseID, ttl, now)
 		case locks.LeaseEnded:
 			k.deadlines.Remove(e.LeaseID)
 			delete(k.expiring, e.LeaseID)

@@ -76,6 +76,10 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 		tr := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}
 		tr.Protocols.SetUnencryptedHTTP2(true)
 		tr.Protocols.SetHTTP2(true)
+		// Ping a connection that has gone quiet, so a node that hangs (a
+		// stopped process, a dead host) is given up on within seconds and
+		// calls fail over, long polls included.
+		tr.HTTP2 = &http.HTTP2Config{SendPingTimeout: time.Second, PingTimeout: time.Second}
 		o.httpClient = &http.Client{Transport: tr}
 	}
 	c := &Client{opts: o}

@@ -182,7 +182,13 @@ func (s *Session) keepAlive(ctx context.Context) {
 		// Give up on this attempt before the deadline, to check it.
 		actx, cancel := context.WithDeadline(ctx, deadline)
 		err := s.c.do(actx, func(ctx context.Context, e *endpoint) error {
-			_, err := e.lease.KeepAlive(ctx, connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: s.id}))
+			// One node gets a share of the TTL; then the next is tried.
+			attempt, cancel := context.WithTimeout(ctx, max(s.ttl/6, 100*time.Millisecond))
+			defer cancel()
+			_, err := e.lease.KeepAlive(attempt, connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: s.id}))
+			if err != nil && attempt.Err() != nil && ctx.Err() == nil {
+				return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s did not answer in time", e.url))
+			}
 			return err
 		})
 		cancel()
@@ -322,3 +328,6 @@ func (s *Session) Close(ctx context.Context) error {
 	s.wg.Wait()
 	return err
 }
+
+// Client is the client the session was made with.
+func (s *Session) Client() *Client { return s.c }

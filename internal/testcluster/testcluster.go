@@ -23,10 +23,14 @@ import (
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
 )
 
-// Build builds the lockd binary into dir and returns its path.
-func Build(dir string) (string, error) {
+// Build builds the lockd binary into dir, with the given build tags, and
+// returns its path.
+func Build(dir string, tags ...string) (string, error) {
 	bin := filepath.Join(dir, "lockd")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/lockd-io/lockd/cmd/lockd")
+	if len(tags) > 0 {
+		bin += "-" + strings.Join(tags, "-")
+	}
+	cmd := exec.Command("go", "build", "-tags", strings.Join(tags, ","), "-o", bin, "github.com/lockd-io/lockd/cmd/lockd")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	return bin, cmd.Run()
 }
