@@ -119,12 +119,9 @@ func leaseProto(info locks.LeaseInfo) *lockdv1.Lease {
 
 func (h *leaseHandler) List(ctx context.Context, req *connect.Request[lockdv1.ListLeasesRequest]) (*connect.Response[lockdv1.ListLeasesResponse], error) {
 	m := req.Msg
-	limit := int(m.GetLimit())
-	switch {
-	case limit == 0:
-		limit = 100
-	case limit > 1000:
-		return nil, invalid("limit %d is above the maximum of 1000", limit)
+	limit, err := pageLimit(m.GetLimit())
+	if err != nil {
+		return nil, err
 	}
 	var after uint64
 	if t := m.GetPageToken(); t != "" {

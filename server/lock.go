@@ -110,6 +110,17 @@ func (h *lockHandler) Release(ctx context.Context, req *connect.Request[lockdv1.
 	return connect.NewResponse(&lockdv1.ReleaseResponse{Revision: res.Revision}), nil
 }
 
+// pageLimit is a List call's page size: 100 by default, at most 1000.
+func pageLimit(limit uint32) (int, error) {
+	switch {
+	case limit == 0:
+		return 100, nil
+	case limit > 1000:
+		return 0, invalid("limit %d is above the maximum of 1000", limit)
+	}
+	return int(limit), nil
+}
+
 func describeResponse(info locks.LockInfo, rev uint64) *lockdv1.DescribeResponse {
 	d := &lockdv1.DescribeResponse{Name: info.Name, Capacity: info.Capacity, Revision: rev, DelayReason: info.DelayReason}
 	if info.Delay > 0 {
@@ -140,12 +151,9 @@ func (h *lockHandler) Describe(ctx context.Context, req *connect.Request[lockdv1
 
 func (h *lockHandler) List(ctx context.Context, req *connect.Request[lockdv1.ListRequest]) (*connect.Response[lockdv1.ListResponse], error) {
 	m := req.Msg
-	limit := int(m.GetLimit())
-	switch {
-	case limit == 0:
-		limit = 100
-	case limit > 1000:
-		return nil, invalid("limit %d is above the maximum of 1000", limit)
+	limit, err := pageLimit(m.GetLimit())
+	if err != nil {
+		return nil, err
 	}
 	if len(m.GetPrefix()) > locks.MaxNameBytes {
 		return nil, invalid("prefix is longer than a lock name can be")

@@ -28,6 +28,12 @@ const testElection = 300 * time.Millisecond
 
 // startInstances starts a cluster of size in-process nodes.
 func startInstances(t testing.TB, size int) []*instance {
+	return startInstancesWith(t, size, nil)
+}
+
+// startInstancesWith starts a cluster of in-process nodes, giving node i
+// the peer faults faults(i) when faults is not nil.
+func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) []*instance {
 	t.Helper()
 	addrs := freeAddrs(t, size)
 	var initial []string
@@ -49,6 +55,9 @@ func startInstances(t testing.TB, size int) []*instance {
 			heartbeat:       30 * time.Millisecond,
 			electionTimeout: testElection,
 			snapshotEntries: 10000,
+		}
+		if faults != nil {
+			c.faults = faults(i)
 		}
 		in, err := start(c, peers, zerolog.Nop())
 		if err != nil {
@@ -720,31 +729,8 @@ func (c *cutLinks) Outbound(from, to uint64) (bool, time.Duration) { return c.cu
 // acknowledge keep-alives: another leader may already count the lease's TTL
 // from before them.
 func TestAPIIsolatedLeaderRefusesKeepAlives(t *testing.T) {
-	addrs := freeAddrs(t, 3)
-	var initial []string
-	for i, a := range addrs {
-		initial = append(initial, fmt.Sprintf("n%d=http://%s", i+1, a))
-	}
-	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := t.TempDir()
-	var ins []*instance
-	var links []*cutLinks
-	for i, a := range addrs {
-		l := &cutLinks{}
-		in, err := start(serveConfig{
-			name: fmt.Sprintf("n%d", i+1), dataDir: filepath.Join(base, fmt.Sprint(i)), listen: a,
-			initialCluster: strings.Join(initial, ","), heartbeat: 30 * time.Millisecond,
-			electionTimeout: testElection, snapshotEntries: 10000, faults: l,
-		}, peers, zerolog.Nop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(in.close)
-		ins, links = append(ins, in), append(links, l)
-	}
+	links := []*cutLinks{{}, {}, {}}
+	ins := startInstancesWith(t, 3, func(i int) node.Faults { return links[i] })
 	leader := waitLeader(t, ins)
 	c := newClients(leader.url())
 	id := grant(t, c, 2*time.Second, "kept")
