@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// tagged is a result with the cluster it ran on, as run.sh writes them.
+type tagged struct {
+	result
+	Cluster string `json:"cluster"`
+}
+
+// report reads result lines and writes a markdown table of medians, lockd
+// beside etcd, with their ratios.
+func report(in io.Reader, out io.Writer) error {
+	type key struct {
+		cluster, workload string
+		c                 int
+	}
+	runs := map[key]map[string][]result{}
+	var keys []key
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		var r tagged
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return fmt.Errorf("bad result line %q: %w", line, err)
+		}
+		k := key{r.Cluster, r.Workload, r.Concurrency}
+		if runs[k] == nil {
+			runs[k] = map[string][]result{}
+			keys = append(keys, k)
+		}
+		runs[k][r.System] = append(runs[k][r.System], r.result)
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	sort.SliceStable(keys, func(i, j int) bool { return keys[i].cluster < keys[j].cluster })
+	fmt.Fprintln(out, "| cluster | workload | C | metric | lockd | etcd | lockd/etcd |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
+	for _, k := range keys {
+		l, e := runs[k]["lockd"], runs[k]["etcd"]
+		row := func(metric string, get func(result) float64, unit string) {
+			lv, ev := median(l, get), median(e, get)
+			ratio := "–"
+			if ev > 0 && lv >= 0 {
+				ratio = fmt.Sprintf("%.2f×", lv/ev)
+			}
+			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, metric, num(lv, unit), num(ev, unit), ratio)
+		}
+		switch k.workload {
+		case "sessions":
+			row("sessions alive", func(r result) float64 { return float64(r.SessionsAlive) }, "")
+			row("create p99", func(r result) float64 { return float64(r.P99us) / 1000 }, "ms")
+		case "gap":
+			row("gap after leader SIGKILL", func(r result) float64 { return float64(r.GapMs) }, "ms")
+		default:
+			label := "ops/s"
+			if k.workload == "contended" {
+				label = "handoffs/s"
+			}
+			row(label, func(r result) float64 { return r.OpsPerSec }, "")
+			row("p50", func(r result) float64 { return float64(r.P50us) / 1000 }, "ms")
+			row("p99", func(r result) float64 { return float64(r.P99us) / 1000 }, "ms")
+			if k.workload == "contended" {
+				row("out of order", func(r result) float64 { return float64(r.OutOfOrder) }, "")
+			}
+		}
+	}
+	return nil
+}
+
+func median(rs []result, get func(result) float64) float64 {
+	if len(rs) == 0 {
+		return -1
+	}
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = get(r)
+	}
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+func num(v float64, unit string) string {
+	switch {
+	case v < 0:
+		return "–"
+	case unit == "ms":
+		return fmt.Sprintf("%.2f ms", v)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func reportMain(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		fail(err)
+	}
+	defer f.Close()
+	if err := report(f, os.Stdout); err != nil {
+		fail(err)
+	}
+}
