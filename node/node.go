@@ -491,7 +491,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	if leader {
 		n.tr.send(rd.Messages)
 	}
-	if err := n.store.Save(rd.HardState, rd.Entries, rd.Snapshot); err != nil {
+	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
 		return fmt.Errorf("saving ready: %w", err)
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {

@@ -147,7 +147,11 @@ func (h *leaseHandler) List(ctx context.Context, req *connect.Request[lockdv1.Li
 
 func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.LeaseEventsRequest], stream *connect.ServerStream[lockdv1.LeaseEvent]) error {
 	id := req.Msg.GetLeaseId()
-	sub, _, _ := h.s.hub.subscribe(func(e locks.Event) bool { return e.LeaseID == id }, 0)
+	// Losses and the lease's end, not every grant and release: those the
+	// holder learns from its own calls.
+	sub, _, _ := h.s.hub.subscribe(func(e locks.Event) bool {
+		return e.LeaseID == id && (e.Type == locks.ForceReleased || e.Type == locks.LeaseEnded || (e.Type == locks.Released && e.Reason != "released"))
+	}, 0)
 	defer sub.close()
 	if err := h.s.read(ctx, false); err != nil {
 		return err

@@ -35,7 +35,10 @@
 //     replaced tail) and HardState, in that order, in one batch. The HardState
 //     shares the batch with the entries it may commit, so a vote or a commit
 //     index is never durable without the log it refers to. A Ready with
-//     nothing to persist writes nothing and does not sync.
+//     nothing to persist writes nothing and does not sync. SaveReady skips
+//     the fsync for a Ready raft does not need synced (only the commit index
+//     moved): that batch becomes durable with the next synced one, and a
+//     crash before then loses only a commit index raft recomputes.
 //   - CreateSnapshot writes the snapshot key.
 //   - Compact writes a range delete of the discarded entries and the new
 //     truncated state. Losing it would be harmless, but syncing it keeps the

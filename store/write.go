@@ -35,6 +35,14 @@ const maxPointDeletes = 16
 // the caller must not modify them afterwards, which raft already requires.
 // After a failed commit the store refuses further writes.
 func (s *Store) Save(hs *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot) error {
+	return s.SaveReady(hs, ents, snap, true)
+}
+
+// SaveReady is Save with raft's Ready.MustSync: when mustSync is false (the
+// Ready changes only the commit index, which raft can recompute after a
+// crash) the batch is written without waiting for an fsync. The next synced
+// write makes it durable along with itself.
+func (s *Store) SaveReady(hs *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot, mustSync bool) error {
 	installSnap := snap != nil && !raft.IsEmptySnap(snap)
 	writeHS := !raft.IsEmptyHardState(hs)
 	if !installSnap && len(ents) == 0 && !writeHS {
@@ -170,7 +178,7 @@ func (s *Store) Save(hs *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot) erro
 			s.hs = newHS
 		}
 	}
-	return s.commit(b, rewrites, publish)
+	return s.commit(b, rewrites, mustSync || installSnap || len(ents) > 0, publish)
 }
 
 // checkContiguous rejects ents whose indexes are not consecutive.
@@ -184,17 +192,21 @@ func checkContiguous(ents []*pb.Entry) error {
 	return nil
 }
 
-// commit commits b with pebble.Sync and then publishes the new in-memory
-// state. If rewrites is set the batch deletes or overwrites log keys that
+// commit commits b (with pebble.Sync if sync) and then publishes the new
+// in-memory state. If rewrites is set the batch deletes or overwrites log keys that
 // readers of the current state may be reading, so mu is held across the
 // commit; otherwise readers keep going during the fsync and only the
 // publish excludes them. Called with wmu held.
-func (s *Store) commit(b *pebble.Batch, rewrites bool, publish func()) error {
+func (s *Store) commit(b *pebble.Batch, rewrites, sync bool, publish func()) error {
 	if rewrites {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	opts := pebble.Sync
+	if !sync {
+		opts = pebble.NoSync
+	}
+	if err := b.Commit(opts); err != nil {
 		s.failed = err
 		return fmt.Errorf("store: commit: %w", err)
 	}
@@ -250,7 +262,7 @@ func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb
 		return nil, fmt.Errorf("store: create snapshot: %w", err)
 	}
 	// Snapshot() reads the key itself; only the metadata is published.
-	if err := s.commit(b, false, func() { s.snap = snap.GetMetadata() }); err != nil {
+	if err := s.commit(b, false, true, func() { s.snap = snap.GetMetadata() }); err != nil {
 		return nil, err
 	}
 	return proto.CloneOf(snap), nil
@@ -293,7 +305,7 @@ func (s *Store) Compact(compactIndex uint64) error {
 	if err := b.Set(keyTrunc, trunc.encode(), nil); err != nil {
 		return fmt.Errorf("store: compact: %w", err)
 	}
-	return s.commit(b, true, func() {
+	return s.commit(b, true, true, func() {
 		s.trunc = trunc
 		s.cache.dropTo(compactIndex)
 	})

@@ -91,7 +91,23 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	if len(c.endpoints) == 0 {
 		return nil, errors.New("lockd: no endpoints")
 	}
+	if len(c.endpoints) > 1 {
+		go c.findLeader()
+	}
 	return c, nil
+}
+
+// findLeader points the client at the raft leader: any node serves any call,
+// but a write sent to a follower costs a forward to the leader and a wait
+// for the follower to learn the commit.
+func (c *Client) findLeader() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil || st.GetLeaderUrl() == "" {
+		return
+	}
+	c.preferred.Store(int32(c.add(st.GetLeaderUrl())))
 }
 
 func normalize(url string) string {

@@ -60,9 +60,9 @@ type LeaseServiceClient interface {
 	Get(context.Context, *connect.Request[v1.GetLeaseRequest]) (*connect.Response[v1.GetLeaseResponse], error)
 	// List lists leases in id order, a page at a time.
 	List(context.Context, *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error)
-	// Events streams what happens to the lease's grants: granted, lost
-	// (expired, force-released) and the lease's own end. The stream ends after
-	// the lease ends.
+	// Events streams what the lease holds (first), then every grant it
+	// loses (expired, revoked, force-released) and its own end, after which
+	// the stream ends.
 	Events(context.Context, *connect.Request[v1.LeaseEventsRequest]) (*connect.ServerStreamForClient[v1.LeaseEvent], error)
 }
 
@@ -171,9 +171,9 @@ type LeaseServiceHandler interface {
 	Get(context.Context, *connect.Request[v1.GetLeaseRequest]) (*connect.Response[v1.GetLeaseResponse], error)
 	// List lists leases in id order, a page at a time.
 	List(context.Context, *connect.Request[v1.ListLeasesRequest]) (*connect.Response[v1.ListLeasesResponse], error)
-	// Events streams what happens to the lease's grants: granted, lost
-	// (expired, force-released) and the lease's own end. The stream ends after
-	// the lease ends.
+	// Events streams what the lease holds (first), then every grant it
+	// loses (expired, revoked, force-released) and its own end, after which
+	// the stream ends.
 	Events(context.Context, *connect.Request[v1.LeaseEventsRequest], *connect.ServerStream[v1.LeaseEvent]) error
 }
 
