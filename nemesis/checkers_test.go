@@ -87,6 +87,9 @@ func TestCheckLinearizable(t *testing.T) {
 		op(0, MutexInput{Kind: Release, Lease: 1, Token: 3}, MutexOutput{OK: true}, 20, 30),
 		op(2, MutexInput{Kind: Fence, Token: 3}, MutexOutput{OK: false}, 41, 42),
 		op(3, MutexInput{Kind: Acquire, Lease: 4}, MutexOutput{Unknown: true}, 43, 1000),
+		// A refusal while the lock looks free: another acquire may have held
+		// it for a moment before its cancellation released it.
+		op(2, MutexInput{Kind: Acquire, Lease: 3}, MutexOutput{Granted: false}, 44, 45),
 		op(1, MutexInput{Kind: Release, Lease: 2, Token: 5}, MutexOutput{OK: true}, 50, 60),
 	}
 	if a, inc := CheckLinearizable(good, 10*time.Second); len(a) != 0 || inc {

@@ -83,11 +83,14 @@ var MutexModel = porcupine.NondeterministicModel{
 				return next
 			}
 			if !out.Granted {
-				// Refused (a try, or a wait that ran out): someone else holds it.
-				if s.Holder != 0 && s.Holder != in.Lease {
-					return []any{s}
-				}
-				return nil
+				// Refused (a try, or a wait that ran out). Usually someone
+				// else holds the lock, but not always in this model's
+				// terms: another acquire that was cancelled after its
+				// outcome could not be learned may have held it for a moment
+				// (granted, then released by the cancellation) without any
+				// client being told. A refusal therefore constrains nothing;
+				// the grants, releases and fences carry the check.
+				return []any{s}
 			}
 			switch {
 			case s.Holder == 0 && out.Token > s.Max:
