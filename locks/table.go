@@ -498,12 +498,7 @@ func (t *Table) grant(w *waiter) {
 	}
 	for _, n := range w.names {
 		lk := t.locks[n]
-		for i, q := range lk.queue {
-			if q == w {
-				lk.queue = append(lk.queue[:i:i], lk.queue[i+1:]...)
-				break
-			}
-		}
+		lk.dequeue(w)
 		t.unwait(n)
 		h := &holder{lease: w.lease, token: token, mode: w.mode, value: w.value, waiterID: w.id}
 		lk.holders = append(lk.holders, h)
@@ -514,17 +509,22 @@ func (t *Table) grant(w *waiter) {
 	delete(w.lease.waits, w.id)
 }
 
+// dequeue removes w from the lock's queue.
+func (lk *lock) dequeue(w *waiter) {
+	for i, q := range lk.queue {
+		if q == w {
+			lk.queue = append(lk.queue[:i:i], lk.queue[i+1:]...)
+			return
+		}
+	}
+}
+
 // unqueue removes a waiter from every queue and returns its locks.
 func (t *Table) unqueue(w *waiter, reason string) []*lock {
 	var locks []*lock
 	for _, n := range w.names {
 		lk := t.locks[n]
-		for i, q := range lk.queue {
-			if q == w {
-				lk.queue = append(lk.queue[:i:i], lk.queue[i+1:]...)
-				break
-			}
-		}
+		lk.dequeue(w)
 		t.unwait(n)
 		if reason != "" {
 			t.emit(Event{Type: Withdrawn, Name: n, LeaseID: w.lease.id, WaiterID: w.id, Reason: reason})
