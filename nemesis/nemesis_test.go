@@ -349,13 +349,15 @@ func work(ctx context.Context, id int, eps []string, rng *rand.Rand, mutex strin
 		panic(err)
 	}
 	defer c.Close()
+	// s is the live session, nil between one's end and the next's start.
 	var s *lockd.Session
 	newSession := func() bool {
 		for ctx.Err() == nil {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			s, err = c.NewSession(sctx, lockd.WithTTL(sessionTTL), lockd.WithOwner(fmt.Sprint("worker-", id)))
+			ns, err := c.NewSession(sctx, lockd.WithTTL(sessionTTL), lockd.WithOwner(fmt.Sprint("worker-", id)))
 			cancel()
 			if err == nil {
+				s = ns
 				return true
 			}
 		}
@@ -363,6 +365,10 @@ func work(ctx context.Context, id int, eps []string, rng *rand.Rand, mutex strin
 	}
 	// endSession revokes the session; its end frees what it held.
 	endSession := func() {
+		if s == nil {
+			return
+		}
+		defer func() { s = nil }()
 		call := rec.since()
 		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		err := s.Close(cctx)
