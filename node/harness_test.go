@@ -178,6 +178,7 @@ func newTestCluster(t testing.TB, size int, faults *netFaults, tweak func(*Confi
 		}
 		tn := &testNode{name: fmt.Sprintf("n%d", i+1), dir: filepath.Join(base, fmt.Sprintf("n%d", i+1)), url: "http://" + ln.Addr().String()}
 		tn.srv = &http.Server{Handler: tn, Protocols: new(http.Protocols)}
+		tn.srv.Protocols.SetHTTP1(true)
 		tn.srv.Protocols.SetUnencryptedHTTP2(true)
 		go tn.srv.Serve(ln)
 		c.nodes = append(c.nodes, tn)

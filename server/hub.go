@@ -17,15 +17,26 @@ type hub struct {
 	ring  []locks.Event // the last len(ring) events, oldest first once full
 	start int           // index of the oldest event in ring
 	subs  map[*subscription]struct{}
+	// byLease indexes the subscribers to one lease's events (blocked
+	// acquires, lease event streams), so that publishing an event costs
+	// the subscribers it may concern, not every request in flight.
+	byLease map[uint64]map[*subscription]struct{}
 }
 
 const (
 	hubHistory = 1 << 16
-	subBuffer  = 1024
+	// subBuffer is a stream's buffer (Watch, Observe): deep, so that a
+	// burst does not cut a slow reader off.
+	subBuffer = 1024
+	// leaseSubBuffer is the buffer of a subscriber to one lease's events:
+	// a blocked acquire needs one event, and one that misses some because
+	// its lease had a burst is cut off and looks at the table instead.
+	leaseSubBuffer = 64
 )
 
 type subscription struct {
 	h     *hub
+	lease uint64 // the lease whose events these are, 0 for any
 	match func(locks.Event) bool
 	c     chan locks.Event
 	// lost is closed when the subscriber fell behind and was dropped.
@@ -33,7 +44,11 @@ type subscription struct {
 }
 
 func newHub() *hub {
-	return &hub{ring: make([]locks.Event, 0, hubHistory), subs: map[*subscription]struct{}{}}
+	return &hub{
+		ring:    make([]locks.Event, 0, hubHistory),
+		subs:    map[*subscription]struct{}{},
+		byLease: map[uint64]map[*subscription]struct{}{},
+	}
 }
 
 func (h *hub) publish(events []locks.Event) {
@@ -46,8 +61,12 @@ func (h *hub) publish(events []locks.Event) {
 			// afresh.
 			h.ring, h.start = h.ring[:0], 0
 			for s := range h.subs {
-				close(s.lost)
-				delete(h.subs, s)
+				h.cutOff(s)
+			}
+			for _, subs := range h.byLease {
+				for s := range subs {
+					h.cutOff(s)
+				}
 			}
 			continue
 		}
@@ -58,17 +77,58 @@ func (h *hub) publish(events []locks.Event) {
 			h.start = (h.start + 1) % hubHistory
 		}
 		for s := range h.subs {
-			if !s.match(e) {
-				continue
-			}
-			select {
-			case s.c <- e:
-			default:
-				close(s.lost)
-				delete(h.subs, s)
+			h.offer(s, e)
+		}
+		if e.LeaseID != 0 {
+			for s := range h.byLease[e.LeaseID] {
+				h.offer(s, e)
 			}
 		}
 	}
+}
+
+// offer hands e to s if it matches, cutting s off if its buffer is full.
+func (h *hub) offer(s *subscription, e locks.Event) {
+	if !s.match(e) {
+		return
+	}
+	select {
+	case s.c <- e:
+	default:
+		h.cutOff(s)
+	}
+}
+
+func (h *hub) cutOff(s *subscription) {
+	close(s.lost)
+	h.remove(s)
+}
+
+func (h *hub) remove(s *subscription) {
+	if s.lease == 0 {
+		delete(h.subs, s)
+		return
+	}
+	if subs := h.byLease[s.lease]; subs != nil {
+		delete(subs, s)
+		if len(subs) == 0 {
+			delete(h.byLease, s.lease)
+		}
+	}
+}
+
+// subscribeLease registers a subscriber to events of one lease that match.
+func (h *hub) subscribeLease(lease uint64, match func(locks.Event) bool) *subscription {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := &subscription{h: h, lease: lease, match: match, c: make(chan locks.Event, leaseSubBuffer), lost: make(chan struct{})}
+	subs := h.byLease[lease]
+	if subs == nil {
+		subs = map[*subscription]struct{}{}
+		h.byLease[lease] = subs
+	}
+	subs[s] = struct{}{}
+	return s
 }
 
 // subscribe registers a subscriber. If after is not zero it also returns the
@@ -106,5 +166,9 @@ func (h *hub) subscribe(match func(locks.Event) bool, after uint64) (s *subscrip
 func (s *subscription) close() {
 	s.h.mu.Lock()
 	defer s.h.mu.Unlock()
-	delete(s.h.subs, s)
+	select {
+	case <-s.lost: // cut off, and removed then
+	default:
+		s.h.remove(s)
+	}
 }

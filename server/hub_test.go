@@ -65,3 +65,45 @@ func TestHubSlowSubscriber(t *testing.T) {
 		t.Fatal("a subscriber that fell behind was not cut off")
 	}
 }
+
+// A lease's subscriber sees that lease's events only, is cut off when it
+// falls behind or the table resets, and is forgotten when closed.
+func TestHubLeaseSubscriber(t *testing.T) {
+	h := newHub()
+	s := h.subscribeLease(7, all)
+	other := h.subscribeLease(8, all)
+	h.publish([]locks.Event{
+		{Type: locks.Granted, Revision: 1, Name: "a", LeaseID: 7},
+		{Type: locks.Granted, Revision: 2, Name: "b", LeaseID: 8},
+		{Type: locks.Granted, Revision: 3, Name: "c"},
+	})
+	if got := len(s.c); got != 1 {
+		t.Fatalf("lease 7's subscriber got %d events, want 1", got)
+	}
+	if e := <-s.c; e.Name != "a" {
+		t.Fatalf("lease 7's subscriber got %+v", e)
+	}
+	other.close()
+	if _, ok := h.byLease[8]; ok {
+		t.Fatal("a closed lease subscriber is still indexed")
+	}
+	for i := range leaseSubBuffer + 1 {
+		h.publish([]locks.Event{{Type: locks.Granted, Revision: uint64(10 + i), Name: "a", LeaseID: 7}})
+	}
+	select {
+	case <-s.lost:
+	default:
+		t.Fatal("a lease subscriber that fell behind was not cut off")
+	}
+	s.close() // after a cut-off: no effect
+	r := h.subscribeLease(9, all)
+	h.publish([]locks.Event{{Type: locks.Reset, Revision: 100}})
+	select {
+	case <-r.lost:
+	default:
+		t.Fatal("a lease subscriber was not cut off by a reset")
+	}
+	if len(h.byLease) != 0 {
+		t.Fatalf("subscribers left indexed: %v", h.byLease)
+	}
+}

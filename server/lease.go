@@ -149,9 +149,9 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	id := req.Msg.GetLeaseId()
 	// Losses and the lease's end, not every grant and release: those the
 	// holder learns from its own calls.
-	sub, _, _ := h.s.hub.subscribe(func(e locks.Event) bool {
-		return e.LeaseID == id && (e.Type == locks.ForceReleased || e.Type == locks.LeaseEnded || (e.Type == locks.Released && e.Reason != "released"))
-	}, 0)
+	sub := h.s.hub.subscribeLease(id, func(e locks.Event) bool {
+		return e.Type == locks.ForceReleased || e.Type == locks.LeaseEnded || (e.Type == locks.Released && e.Reason != "released")
+	})
 	defer sub.close()
 	if err := h.s.read(ctx, false); err != nil {
 		return err

@@ -23,7 +23,8 @@ type Client struct {
 	opts      options
 	mu        sync.Mutex
 	endpoints []*endpoint
-	preferred atomic.Int32 // index of the endpoint that answered last
+	preferred atomic.Int32 // index of the endpoint calls go to first
+	finding   atomic.Bool  // findLeader is running
 }
 
 type endpoint struct {
@@ -91,9 +92,7 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	if len(c.endpoints) == 0 {
 		return nil, errors.New("lockd: no endpoints")
 	}
-	if len(c.endpoints) > 1 {
-		go c.findLeader()
-	}
+	c.refindLeader()
 	return c, nil
 }
 
@@ -101,6 +100,7 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 // but a write sent to a follower costs a forward to the leader and a wait
 // for the follower to learn the commit.
 func (c *Client) findLeader() {
+	defer c.finding.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -108,6 +108,13 @@ func (c *Client) findLeader() {
 		return
 	}
 	c.preferred.Store(int32(c.add(st.GetLeaderUrl())))
+}
+
+// refindLeader starts findLeader unless it is already running.
+func (c *Client) refindLeader() {
+	if c.count() > 1 && c.finding.CompareAndSwap(false, true) {
+		go c.findLeader()
+	}
 }
 
 func normalize(url string) string {
@@ -185,8 +192,11 @@ func (c *Client) do(ctx context.Context, call func(ctx context.Context, e *endpo
 			idx := (start + i) % n
 			err = call(ctx, c.endpoint(idx))
 			if err == nil || !retryable(err) {
-				if err == nil {
+				if i > 0 {
+					// Failed over: stay with the node that answered, and
+					// look for the new leader, which it may not be.
 					c.preferred.Store(int32(idx))
+					c.refindLeader()
 				}
 				return err
 			}
