@@ -4,7 +4,7 @@
 # writes RESULTS.md: medians of RUNS runs and lockd/etcd ratios.
 #
 #   benchmarks/run.sh                 # 3 runs of 10s each workload
-#   RUNS=1 DUR=3s benchmarks/run.sh   # a quick look
+#   RUNS=1 DUR=3s ROUNDS=1 benchmarks/run.sh   # a quick look
 #
 # It installs Debian's etcd-server if etcd is missing, starts every process
 # it needs on loopback ports, and stops exactly those (by pid) when done.
@@ -13,6 +13,7 @@ cd "$(dirname "$0")"
 RUNS=${RUNS:-3}
 DUR=${DUR:-10s}
 SESSIONS=${SESSIONS:-10000}
+ROUNDS=${ROUNDS:-3} # SIGKILLs of the leading process per failover run
 OUT=${OUT:-RESULTS.md}
 
 if ! command -v etcd >/dev/null; then
@@ -69,11 +70,13 @@ stop_all() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
+  # Every run starts from empty data dirs.
+  rm -rf "$work"/etcd-*/ "$work"/lockd-*/
 }
 
 wait_leader() { # system endpoints
   for _ in $(seq 1 100); do
-    if "$work/lockbench" -system "$1" -endpoints "$2" -workload leader >/dev/null 2>&1; then return 0; fi
+    if "$work/lockbench" -system "${1%%-*}" -endpoints "$2" -workload leader >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
   echo "no leader for $1" >&2; return 1
@@ -84,30 +87,55 @@ bench() { # cluster system endpoints workload c [duration]
     | sed "s/^{/{\"cluster\":\"$1\",/" >>"$results"
 }
 
+# floor: the cheapest server call, an fdatasync in a server's data dir, and
+# a loopback round trip, measured in the same run.
+floor() { # cluster system endpoints datadir
+  "$work/lockbench" -system "$2" -endpoints "$3" -workload floor -dir "$4" \
+    | sed "s/^{/{\"cluster\":\"$1\",/" >>"$results"
+}
+
+failover() { # cluster system endpoints ttl
+  "$work/lockbench" -system "$2" -endpoints "$3" -workload failover -ttl "$4" -rounds "$ROUNDS" \
+    | sed "s/^{/{\"cluster\":\"$1\",/" >>"$results"
+}
+
 declare -A size_of=([3-node]=3 [1-node]=1)
 for cluster in 3-node 1-node; do
   n=${size_of[$cluster]}
-  for system in lockd etcd; do
+  for system in lockd etcd etcd-v3lock; do
+    [ "$system" = etcd-v3lock ] && [ "$cluster" = 1-node ] && continue
     for run in $(seq 1 "$RUNS"); do
       if [ "$system" = lockd ]; then start_lockd "$n"; else start_etcd "$n"; fi
+      data_dir="$work/${system%%-*}-$n-1"
       wait_leader "$system" "$eps"
       echo "== $cluster $system run $run" >&2
-      if [ "$cluster" = 3-node ]; then
+      if [ "$system" = etcd-v3lock ]; then
+        # etcd's Lock service: the lock workloads only (no try-lock; its
+        # sessions and elections are etcd's).
+        bench "$cluster" "$system" "$eps" uncontended 1
+        bench "$cluster" "$system" "$eps" uncontended 16
+        bench "$cluster" "$system" "$eps" uncontended 64
+        bench "$cluster" "$system" "$eps" contended 16
+      elif [ "$cluster" = 3-node ]; then
+        floor "$cluster" "$system" "$eps" "$data_dir"
         bench "$cluster" "$system" "$eps" uncontended 1
         bench "$cluster" "$system" "$eps" uncontended 16
         bench "$cluster" "$system" "$eps" uncontended 64
         bench "$cluster" "$system" "$eps" contended 16
         bench "$cluster" "$system" "$eps" trylock 16
         bench "$cluster" "$system" "$eps" sessions "$SESSIONS" "$DUR"
+        failover "$cluster" "$system" "$eps" 1s
+        failover "$cluster" "$system" "$eps" 5s
         # The gap after SIGKILL of the raft leader, 3s into 10s of
         # uncontended load.
         bench "$cluster" "$system" "$eps" gap 16 10s &
         bpid=$!
         sleep 3
-        leader=$("$work/lockbench" -system "$system" -endpoints "$eps" -workload leader)
+        leader=$("$work/lockbench" -system "${system%%-*}" -endpoints "$eps" -workload leader)
         kill -9 "${pid_of[$leader]}"
         wait "$bpid"
       else
+        floor "$cluster" "$system" "$eps" "$data_dir"
         bench "$cluster" "$system" "$eps" uncontended 1
         bench "$cluster" "$system" "$eps" uncontended 16
       fi
@@ -123,8 +151,9 @@ done
   echo
   echo "- Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(uname -sr); lockd and etcd run on the same cores as the load generator."
   echo "- lockd: $(cd .. && git describe --always --dirty 2>/dev/null || echo unknown), Go SDK; heartbeat 100ms, election timeout 1s, fsync on."
-  echo "- etcd: $(etcd --version | head -1 | awk '{print $3}') (Debian etcd-server), driven by go.etcd.io/etcd/client/v3/concurrency (Mutex); heartbeat 100ms, election timeout 1s, fsync on."
-  echo "- Workloads (lockbench): uncontended = C workers each locking and unlocking a lock of its own; contended = C workers on one lock (handoffs/s); trylock = C workers trying a held lock; sessions = sessions created and kept alive for DUR; gap = longest time without a successful acquire when the raft leader is SIGKILLed 3s into 10s of uncontended load, 16 workers."
+  echo "- etcd: $(etcd --version | head -1 | awk '{print $3}') (Debian etcd-server); heartbeat 100ms, election timeout 1s, fsync on. Driven two ways: \"etcd Mutex\" is go.etcd.io/etcd/client/v3/concurrency (Mutex, Election), \"etcd v3lock\" is etcd's Lock service (v3lockpb, one RPC to lock and one to unlock)."
+  echo "- Workloads (lockbench): uncontended = C workers each locking and unlocking a lock of its own; contended = C workers on one lock (handoffs/s); trylock = C workers trying a held lock; sessions = sessions created and kept alive for DUR; gap = longest time without a successful acquire when the raft leader is SIGKILLed 3s into 10s of uncontended load, 16 workers; failover = two processes campaign with session TTL 1s or 5s, the leader is SIGKILLed, time until the standby leads (median of $ROUNDS); floor = p50 of the cheapest server call (lockd Status; etcd serializable Get), of a 128-byte append + fdatasync in a member's data dir, and of a loopback TCP round trip between processes, and the C=1 acquire p50 divided by their sum."
+  echo "- Ratios are lockd ÷ etcd: above 1 is better for throughput, below 1 is better for latencies and gaps."
   echo "- Medians of $RUNS runs; p50/p99 are of the acquire (or try, or session creation)."
   echo
   "$work/lockbench" -workload report "$results"

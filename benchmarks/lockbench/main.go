@@ -3,7 +3,7 @@
 // Go SDK and to etcd through etcd's concurrency package, so both are
 // measured the way their users call them.
 //
-//	lockbench -system lockd|etcd -endpoints host:port,… -workload W -c N -duration 10s
+//	lockbench -system lockd|etcd|etcd-v3lock -endpoints host:port,… -workload W -c N -duration 10s
 //
 // Workloads:
 //
@@ -12,6 +12,8 @@
 //	trylock      N workers try a lock another session holds
 //	sessions     N sessions kept alive for the duration; how many stay alive
 //	gap          like uncontended, reporting the longest time without a successful acquire
+//	failover     two processes campaign; the leader is SIGKILLed; time until the standby leads (-ttl, -rounds)
+//	floor        p50 of the cheapest server call, of an fdatasync in -dir, and of a loopback round trip
 //	leader       print the endpoint of the raft leader and exit
 //	report       read result lines (a file argument) and print a table of medians and ratios
 package main
@@ -48,23 +50,39 @@ type result struct {
 	// sessions: sessions created and still alive at the end.
 	Sessions      int `json:"sessions,omitempty"`
 	SessionsAlive int `json:"sessions_alive,omitempty"`
-	// gap: the longest time between two successful acquires.
+	// gap: the longest time between two successful acquires; failover:
+	// the median time without a leader after the leader's SIGKILL.
 	GapMs int64 `json:"gap_ms,omitempty"`
+	// floor: its parts' p50s (P50us is their sum).
+	RPCus   int64 `json:"rpc_us,omitempty"`
+	FsyncUs int64 `json:"fsync_us,omitempty"`
+	RTTus   int64 `json:"rtt_us,omitempty"`
 }
 
 func main() {
 	var (
-		kind      = flag.String("system", "lockd", "lockd or etcd")
+		kind      = flag.String("system", "lockd", "lockd, etcd (concurrency.Mutex and Election) or etcd-v3lock (etcd's Lock service)")
 		endpoints = flag.String("endpoints", "127.0.0.1:7070", "comma-separated host:port of the nodes")
 		workload  = flag.String("workload", "uncontended", "uncontended, contended, trylock, sessions, gap or leader")
 		conc      = flag.Int("c", 16, "concurrent workers (sessions, for the sessions workload)")
 		duration  = flag.Duration("duration", 10*time.Second, "how long to run")
 		ttl       = flag.Duration("ttl", 10*time.Second, "session TTL")
 		maxOps    = flag.Int64("max-ops", 10_000_000, "stop after this many operations")
+		rounds    = flag.Int("rounds", 5, "failover: SIGKILLs of the leading process")
+		dir       = flag.String("dir", "", "floor: directory to measure fsync in, on the servers' disk (default: the temp dir)")
 	)
 	flag.Parse()
-	if *workload == "report" {
+	switch *workload {
+	case "report":
 		reportMain(flag.Arg(0)) // lockbench -workload report results.jsonl
+		return
+	case "echo":
+		echoMain()
+		return
+	case "failover":
+		r := failover(*kind, *endpoints, *ttl, *rounds)
+		r.System, r.Workload, r.Concurrency = *kind, "failover-ttl-"+ttl.String(), 2
+		json.NewEncoder(os.Stdout).Encode(r)
 		return
 	}
 	sys, err := newSystem(*kind, strings.Split(*endpoints, ","))
@@ -82,10 +100,29 @@ func main() {
 		fmt.Println(l)
 		return
 	}
-	r := run(sys, *workload, *conc, *duration, *ttl, *maxOps)
+	var r result
+	switch *workload {
+	case "campaign":
+		campaignMain(sys, *ttl, *duration)
+		return
+	case "floor":
+		r = floor(sys, fsyncDir(*dir), 2000)
+	default:
+		r = run(sys, *workload, *conc, *duration, *ttl, *maxOps)
+	}
 	r.System, r.Workload, r.Concurrency = *kind, *workload, *conc
 	json.NewEncoder(os.Stdout).Encode(r)
 }
+
+// sample prints the first few errors of a run to stderr, so that a count
+// of errors in the results can be explained.
+func sample(err error) {
+	if sampled.Add(1) <= 5 {
+		fmt.Fprintln(os.Stderr, "lockbench: error:", err)
+	}
+}
+
+var sampled atomic.Int64
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "lockbench:", err)
@@ -152,7 +189,10 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					err := m.lock(actx)
 					ac()
 					if err != nil {
-						errs.Add(1)
+						if ctx.Err() == nil { // not the end of the run
+							errs.Add(1)
+							sample(err)
+						}
 						continue
 					}
 					lat.record(time.Since(t0))
@@ -163,6 +203,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					uctx, uc := context.WithTimeout(context.Background(), 5*time.Second)
 					if err := m.unlock(uctx); err != nil {
 						errs.Add(1)
+						sample(err)
 					}
 					uc()
 					ops.Add(1)
@@ -191,6 +232,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					if err != nil {
 						if ctx.Err() == nil {
 							errs.Add(1)
+							sample(err)
 						}
 						continue
 					}
@@ -202,6 +244,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					uctx, uc := context.WithTimeout(context.Background(), 5*time.Second)
 					if err := m.unlock(uctx); err != nil {
 						errs.Add(1)
+						sample(err)
 					}
 					uc()
 					ops.Add(1)

@@ -46,24 +46,41 @@ func report(in io.Reader, out io.Writer) error {
 		return err
 	}
 	sort.SliceStable(keys, func(i, j int) bool { return keys[i].cluster < keys[j].cluster })
-	fmt.Fprintln(out, "| cluster | workload | C | metric | lockd | etcd | lockd/etcd |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(out, "| cluster | workload | C | metric | lockd | etcd Mutex | etcd v3lock | lockd/Mutex | lockd/v3lock |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|")
 	for _, k := range keys {
-		l, e := runs[k]["lockd"], runs[k]["etcd"]
+		sys := runs[k]
 		row := func(metric string, get func(result) float64, unit string) {
-			lv, ev := median(l, get), median(e, get)
-			ratio := "–"
-			if ev > 0 && lv >= 0 {
-				ratio = fmt.Sprintf("%.2f×", lv/ev)
-			}
-			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, metric, num(lv, unit), num(ev, unit), ratio)
+			l, e, v := median(sys["lockd"], get), median(sys["etcd"], get), median(sys["etcd-v3lock"], get)
+			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, metric,
+				num(l, unit), num(e, unit), num(v, unit), ratio(l, e), ratio(l, v))
 		}
-		switch k.workload {
-		case "sessions":
+		switch {
+		case k.workload == "sessions":
 			row("sessions alive", func(r result) float64 { return float64(r.SessionsAlive) }, "")
 			row("create p99", func(r result) float64 { return float64(r.P99us) / 1000 }, "ms")
-		case "gap":
+		case k.workload == "gap":
 			row("gap after leader SIGKILL", func(r result) float64 { return float64(r.GapMs) }, "ms")
+		case strings.HasPrefix(k.workload, "failover"):
+			row("no leader after its SIGKILL, median", func(r result) float64 { return float64(r.P50us) / 1000 }, "ms")
+			row("worst", func(r result) float64 { return float64(r.P99us) / 1000 }, "ms")
+		case k.workload == "floor":
+			row("server call p50", func(r result) float64 { return float64(r.RPCus) / 1000 }, "ms")
+			row("fdatasync p50", func(r result) float64 { return float64(r.FsyncUs) / 1000 }, "ms")
+			row("loopback round trip p50", func(r result) float64 { return float64(r.RTTus) / 1000 }, "ms")
+			row("floor (sum)", func(r result) float64 { return float64(r.P50us) / 1000 }, "ms")
+			// The C=1 acquire against that floor, each system against its own.
+			acq := runs[key{k.cluster, "uncontended", 1}]
+			per := func(system string) float64 {
+				a, f := median(acq[system], func(r result) float64 { return float64(r.P50us) }), median(sys[system], func(r result) float64 { return float64(r.P50us) })
+				if a < 0 || f <= 0 {
+					return -1
+				}
+				return a / f
+			}
+			l, e, v := per("lockd"), per("etcd"), per("etcd-v3lock")
+			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, "C=1 acquire p50 ÷ floor",
+				times(l), times(e), times(v), "", "")
 		default:
 			label := "ops/s"
 			if k.workload == "contended" {
@@ -78,6 +95,20 @@ func report(in io.Reader, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+func ratio(a, b float64) string {
+	if a < 0 || b <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func times(v float64) string {
+	if v < 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", v)
 }
 
 func median(rs []result, get func(result) float64) float64 {
