@@ -185,33 +185,46 @@ func (k *keeper) observe(events []locks.Event) {
 // deposed a moment later. ReadIndex also makes this node apply everything
 // committed before, such as an expiry a previous leader decided.
 func (k *keeper) keepAlive(ctx context.Context, id uint64) (ttl time.Duration, leader, found bool, err error) {
+	ttls, leader, err := k.keepAliveMany(ctx, []uint64{id})
+	if err != nil || !leader {
+		return 0, leader, false, err
+	}
+	return ttls[0], true, ttls[0] > 0, nil
+}
+
+// keepAliveMany is keepAlive for many leases, with one quorum check: ttls[i]
+// is the TTL of ids[i], 0 if it was not found.
+func (k *keeper) keepAliveMany(ctx context.Context, ids []uint64) (ttls []time.Duration, leader bool, err error) {
 	now := time.Now()
 	k.mu.Lock()
 	leader, term, _ := k.syncLocked(now)
 	k.mu.Unlock()
 	if !leader {
-		return 0, false, false, nil
+		return nil, false, nil
 	}
 	if err := k.raft.ReadIndex(ctx); err != nil {
-		return 0, true, false, err
+		return nil, true, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if still, t, _ := k.syncLocked(time.Now()); !still || t != term {
-		return 0, false, false, nil
+		return nil, false, nil
 	}
-	if k.expiring[id] {
-		return 0, true, false, nil
+	ttls = make([]time.Duration, len(ids))
+	for i, id := range ids {
+		if k.expiring[id] {
+			continue
+		}
+		if ttl, ok := k.deadlines.KeepAlive(id, now); ok {
+			ttls[i] = ttl
+			continue
+		}
+		if info, ok := k.table.Lease(id); ok {
+			k.deadlines.Add(id, info.TTL, now)
+			ttls[i] = info.TTL
+		}
 	}
-	if ttl, ok := k.deadlines.KeepAlive(id, now); ok {
-		return ttl, true, true, nil
-	}
-	info, ok := k.table.Lease(id)
-	if !ok {
-		return 0, true, false, nil
-	}
-	k.deadlines.Add(id, info.TTL, now)
-	return info.TTL, true, true, nil
+	return ttls, true, nil
 }
 
 // remaining is how long a lease has left on this leader's clock.

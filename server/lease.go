@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strconv"
 
 	"connectrpc.com/connect"
@@ -61,30 +63,88 @@ func (h *leaseHandler) KeepAlive(ctx context.Context, req *connect.Request[lockd
 	return connect.NewResponse(&lockdv1.KeepAliveResponse{Ttl: durationpb.New(ttl)}), nil
 }
 
+// maxKeepAliveMany bounds the leases of one KeepAliveMany.
+const maxKeepAliveMany = 50000
+
+func (h *leaseHandler) KeepAliveMany(ctx context.Context, req *connect.Request[lockdv1.KeepAliveManyRequest]) (*connect.Response[lockdv1.KeepAliveManyResponse], error) {
+	ids := req.Msg.GetLeaseIds()
+	switch {
+	case len(ids) == 0:
+		return nil, invalid("lease_ids is empty")
+	case len(ids) > maxKeepAliveMany:
+		return nil, invalid("%d lease_ids: at most %d in one call", len(ids), maxKeepAliveMany)
+	case slices.Contains(ids, 0):
+		return nil, invalid("lease_ids contains 0, which is no lease")
+	}
+	ttls, leader, err := h.s.keeper.keepAliveMany(ctx, ids)
+	switch {
+	case err != nil:
+		return nil, h.s.unavailable(err)
+	case !leader:
+		c, err := h.leaderClient(req.Header())
+		if err != nil {
+			return nil, err
+		}
+		fwd := connect.NewRequest(req.Msg)
+		fwd.Header().Set(forwardedHeader, "1")
+		resp, err := c.KeepAliveMany(ctx, fwd)
+		if err != nil {
+			return nil, h.forwardError(err)
+		}
+		return connect.NewResponse(resp.Msg), nil
+	}
+	resp := &lockdv1.KeepAliveManyResponse{Results: make([]*lockdv1.KeepAliveResult, len(ids))}
+	for i, id := range ids {
+		r := &lockdv1.KeepAliveResult{LeaseId: id, Found: ttls[i] > 0}
+		if r.Found {
+			r.Ttl = durationpb.New(ttls[i])
+		}
+		resp.Results[i] = r
+	}
+	return connect.NewResponse(resp), nil
+}
+
 // forward sends a keep-alive to the leader, which alone tracks deadlines.
 func (h *leaseHandler) forward(ctx context.Context, req *connect.Request[lockdv1.KeepAliveRequest]) (*connect.Response[lockdv1.KeepAliveResponse], error) {
+	c, err := h.leaderClient(req.Header())
+	if err != nil {
+		return nil, err
+	}
+	fwd := connect.NewRequest(req.Msg)
+	fwd.Header().Set(forwardedHeader, "1")
+	resp, err := c.KeepAlive(ctx, fwd)
+	if err != nil {
+		return nil, h.forwardError(err)
+	}
+	return connect.NewResponse(resp.Msg), nil
+}
+
+// leaderClient is a client of the leader's lease service, for a request
+// that was not forwarded already (a forward must not bounce between two
+// nodes that each think the other leads).
+func (h *leaseHandler) leaderClient(hdr http.Header) (lockdv1connect.LeaseServiceClient, error) {
 	url := h.s.raft.LeaderURL()
-	if url == "" || req.Header().Get(forwardedHeader) != "" {
+	if url == "" || hdr.Get(forwardedHeader) != "" {
 		return nil, h.s.unavailable(fmt.Errorf("%w: this node does not lead and knows no leader to forward the keep-alive to", ErrUnavailable))
 	}
 	h.s.forwardMu.Lock()
+	defer h.s.forwardMu.Unlock()
 	c, ok := h.s.forwards[url]
 	if !ok {
 		c = lockdv1connect.NewLeaseServiceClient(h.s.hc, url)
 		h.s.forwards[url] = c
 	}
-	h.s.forwardMu.Unlock()
-	fwd := connect.NewRequest(req.Msg)
-	fwd.Header().Set(forwardedHeader, "1")
-	resp, err := c.KeepAlive(ctx, fwd)
-	if err != nil {
-		var ce *connect.Error
-		if errors.As(err, &ce) {
-			return nil, ce
-		}
-		return nil, h.s.unavailable(fmt.Errorf("%w: forwarding to the leader: %v", ErrUnavailable, err))
+	return c, nil
+}
+
+// forwardError passes the leader's answer on, and reports a failure to
+// reach it as Unavailable.
+func (h *leaseHandler) forwardError(err error) error {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
 	}
-	return connect.NewResponse(resp.Msg), nil
+	return h.s.unavailable(fmt.Errorf("%w: forwarding to the leader: %v", ErrUnavailable, err))
 }
 
 func (h *leaseHandler) Revoke(ctx context.Context, req *connect.Request[lockdv1.RevokeRequest]) (*connect.Response[lockdv1.RevokeResponse], error) {

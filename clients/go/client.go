@@ -25,6 +25,8 @@ type Client struct {
 	endpoints []*endpoint
 	preferred atomic.Int32 // index of the endpoint calls go to first
 	finding   atomic.Bool  // findLeader is running
+
+	keepAlives keepAlives // the sessions' keep-alives, sent together
 }
 
 type endpoint struct {

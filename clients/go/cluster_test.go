@@ -315,3 +315,63 @@ func TestRetriedLockDoesNotQueueTwice(t *testing.T) {
 		t.Fatalf("after the retried lock: holders %v waiters %v (b holds token %d)", d.GetHolders(), d.GetWaiters(), mb.Token())
 	}
 }
+
+// countKeepAlives counts the keep-alive calls a client makes.
+type countKeepAlives struct {
+	next        http.RoundTripper
+	calls, many atomic.Int64
+}
+
+func (c *countKeepAlives) RoundTrip(r *http.Request) (*http.Response, error) {
+	switch {
+	case strings.HasSuffix(r.URL.Path, "/KeepAliveMany"):
+		c.many.Add(1)
+	case strings.HasSuffix(r.URL.Path, "/KeepAlive"):
+		c.calls.Add(1)
+	}
+	return c.next.RoundTrip(r)
+}
+
+// The sessions of one client are kept alive together: 200 sessions with a
+// TTL of 1.5s stay alive for 5s (they would expire in 1.5s without
+// keep-alives) with far fewer calls than sessions times renewals, and a
+// revoked one among them is reported lost.
+func TestSessionsShareKeepAlives(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	_, eps := cluster(t, 3)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	count := &countKeepAlives{next: tr}
+	c := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: count}))
+	const n, ttl = 200, 1500 * time.Millisecond
+	sessions := make([]*lockd.Session, n)
+	for i := range sessions {
+		sessions[i] = newSession(t, c, ttl, fmt.Sprint("s", i))
+	}
+	revoked := sessions[n-1]
+	if err := newClient(t, eps).Revoke(context.Background(), revoked.ID()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-revoked.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a revoked session was not reported lost")
+	}
+	time.Sleep(5 * time.Second)
+	for i, s := range sessions[:n-1] {
+		if err := s.Err(); err != nil {
+			t.Fatalf("session %d ended: %v", i, err)
+		}
+	}
+	// Unbatched, 200 sessions renewing every 0.5s would make ~2000 calls
+	// in these ~5.5s.
+	if got := count.many.Load(); got == 0 || got > 200 {
+		t.Fatalf("%d KeepAliveMany calls for %d sessions over 5s; want batches", got, n)
+	}
+	if got := count.calls.Load(); got != 0 {
+		t.Fatalf("%d single KeepAlive calls; want none", got)
+	}
+	t.Logf("%d sessions kept alive with %d calls", n, count.many.Load())
+}

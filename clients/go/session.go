@@ -181,16 +181,7 @@ func (s *Session) keepAlive(ctx context.Context) {
 		sent := time.Now()
 		// Give up on this attempt before the deadline, to check it.
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		err := s.c.do(actx, func(ctx context.Context, e *endpoint) error {
-			// One node gets a share of the TTL; then the next is tried.
-			attempt, cancel := context.WithTimeout(ctx, max(s.ttl/6, 100*time.Millisecond))
-			defer cancel()
-			_, err := e.lease.KeepAlive(attempt, connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: s.id}))
-			if err != nil && attempt.Err() != nil && ctx.Err() == nil {
-				return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s did not answer in time", e.url))
-			}
-			return err
-		})
+		err := s.c.keepAlive(actx, s.id, s.ttl)
 		cancel()
 		switch {
 		case err == nil:
@@ -199,7 +190,7 @@ func (s *Session) keepAlive(ctx context.Context) {
 				s.deadline = d
 			}
 			s.mu.Unlock()
-		case connect.CodeOf(err) == connect.CodeNotFound:
+		case errors.Is(err, errLeaseNotFound):
 			s.end(ErrSessionExpired)
 			return
 		}

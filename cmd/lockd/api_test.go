@@ -245,6 +245,18 @@ func TestAPIBadInput(t *testing.T) {
 			_, err := c.lease.KeepAlive(context.Background(), connect.NewRequest(&lockdv1.KeepAliveRequest{LeaseId: 987654}))
 			return err
 		}},
+		{"keep-alive of no leases", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.lease.KeepAliveMany(context.Background(), connect.NewRequest(&lockdv1.KeepAliveManyRequest{}))
+			return err
+		}},
+		{"keep-alive of lease 0", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.lease.KeepAliveMany(context.Background(), connect.NewRequest(&lockdv1.KeepAliveManyRequest{LeaseIds: []uint64{holder, 0}}))
+			return err
+		}},
+		{"keep-alive of too many leases", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.lease.KeepAliveMany(context.Background(), connect.NewRequest(&lockdv1.KeepAliveManyRequest{LeaseIds: make([]uint64, 50001)}))
+			return err
+		}},
 		{"release by non-holder", connect.CodeFailedPrecondition, func(c clients) error {
 			_, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "app/held", LeaseId: other}))
 			return err
@@ -501,6 +513,44 @@ func TestAPILeaseExpiryAndEvents(t *testing.T) {
 	want := []lockdv1.LeaseEvent_Type{lockdv1.LeaseEvent_TYPE_GRANTED, lockdv1.LeaseEvent_TYPE_SYNCED, lockdv1.LeaseEvent_TYPE_LOST, lockdv1.LeaseEvent_TYPE_LEASE_ENDED}
 	if fmt.Sprint(types) != fmt.Sprint(want) {
 		t.Fatalf("lease events %v, want %v", types, want)
+	}
+}
+
+// KeepAliveMany renews several leases with one call, through a follower
+// too, and tells which leases it does not know.
+func TestAPIKeepAliveMany(t *testing.T) {
+	ins := startInstances(t, 3)
+	leader := waitLeader(t, ins)
+	var follower *instance
+	for _, in := range ins {
+		if in != leader {
+			follower = in
+		}
+	}
+	c := newClients(follower.url())
+	a := grant(t, c, 600*time.Millisecond, "a")
+	b := grant(t, c, 600*time.Millisecond, "b")
+	const unknown = 987654
+	for range 10 {
+		time.Sleep(150 * time.Millisecond)
+		resp, err := c.lease.KeepAliveMany(context.Background(), connect.NewRequest(&lockdv1.KeepAliveManyRequest{LeaseIds: []uint64{a, unknown, b}}))
+		if err != nil {
+			t.Fatalf("keep-alive of many through a follower: %v", err)
+		}
+		var got []string
+		for _, r := range resp.Msg.GetResults() {
+			got = append(got, fmt.Sprint(r.GetLeaseId(), r.GetFound(), r.GetTtl().AsDuration()))
+		}
+		want := []string{fmt.Sprint(a, true, 600*time.Millisecond), fmt.Sprint(unknown, false, time.Duration(0)), fmt.Sprint(b, true, 600*time.Millisecond)}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("results %v, want %v", got, want)
+		}
+	}
+	// Four times the TTL after the grants: alive thanks to the keep-alives.
+	for _, id := range []uint64{a, b} {
+		if _, err := c.lease.Get(context.Background(), connect.NewRequest(&lockdv1.GetLeaseRequest{LeaseId: id})); err != nil {
+			t.Fatalf("kept-alive lease %d is gone: %v", id, err)
+		}
 	}
 }
 

@@ -138,7 +138,7 @@ func (x LeaseEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LeaseEvent_Type.Descriptor instead.
 func (LeaseEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{13, 0}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type GrantRequest struct {
@@ -346,6 +346,157 @@ func (x *KeepAliveResponse) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+type KeepAliveManyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaseIds      []uint64               `protobuf:"varint,1,rep,packed,name=lease_ids,json=leaseIds,proto3" json:"lease_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveManyRequest) Reset() {
+	*x = KeepAliveManyRequest{}
+	mi := &file_lockd_v1_lease_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveManyRequest) ProtoMessage() {}
+
+func (x *KeepAliveManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lease_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveManyRequest.ProtoReflect.Descriptor instead.
+func (*KeepAliveManyRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *KeepAliveManyRequest) GetLeaseIds() []uint64 {
+	if x != nil {
+		return x.LeaseIds
+	}
+	return nil
+}
+
+type KeepAliveManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per requested lease, in the order of the request.
+	Results       []*KeepAliveResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveManyResponse) Reset() {
+	*x = KeepAliveManyResponse{}
+	mi := &file_lockd_v1_lease_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveManyResponse) ProtoMessage() {}
+
+func (x *KeepAliveManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lease_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveManyResponse.ProtoReflect.Descriptor instead.
+func (*KeepAliveManyResponse) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *KeepAliveManyResponse) GetResults() []*KeepAliveResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type KeepAliveResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// False if the lease does not exist (never did, was revoked or expired).
+	Found bool `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
+	// As KeepAliveResponse.ttl, when found.
+	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAliveResult) Reset() {
+	*x = KeepAliveResult{}
+	mi := &file_lockd_v1_lease_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAliveResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAliveResult) ProtoMessage() {}
+
+func (x *KeepAliveResult) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lease_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAliveResult.ProtoReflect.Descriptor instead.
+func (*KeepAliveResult) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *KeepAliveResult) GetLeaseId() uint64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+func (x *KeepAliveResult) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *KeepAliveResult) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
 type RevokeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId       uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
@@ -355,7 +506,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[4]
+	mi := &file_lockd_v1_lease_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +518,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[4]
+	mi := &file_lockd_v1_lease_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +531,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{4}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RevokeRequest) GetLeaseId() uint64 {
@@ -399,7 +550,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[5]
+	mi := &file_lockd_v1_lease_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +562,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[5]
+	mi := &file_lockd_v1_lease_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +575,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{5}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokeResponse) GetRevision() uint64 {
@@ -445,7 +596,7 @@ type GetLeaseRequest struct {
 
 func (x *GetLeaseRequest) Reset() {
 	*x = GetLeaseRequest{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[6]
+	mi := &file_lockd_v1_lease_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +608,7 @@ func (x *GetLeaseRequest) String() string {
 func (*GetLeaseRequest) ProtoMessage() {}
 
 func (x *GetLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[6]
+	mi := &file_lockd_v1_lease_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +621,7 @@ func (x *GetLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaseRequest.ProtoReflect.Descriptor instead.
 func (*GetLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{6}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetLeaseRequest) GetLeaseId() uint64 {
@@ -496,7 +647,7 @@ type GetLeaseResponse struct {
 
 func (x *GetLeaseResponse) Reset() {
 	*x = GetLeaseResponse{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[7]
+	mi := &file_lockd_v1_lease_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +659,7 @@ func (x *GetLeaseResponse) String() string {
 func (*GetLeaseResponse) ProtoMessage() {}
 
 func (x *GetLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[7]
+	mi := &file_lockd_v1_lease_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +672,7 @@ func (x *GetLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLeaseResponse.ProtoReflect.Descriptor instead.
 func (*GetLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{7}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetLeaseResponse) GetLease() *Lease {
@@ -544,7 +695,7 @@ type ListLeasesRequest struct {
 
 func (x *ListLeasesRequest) Reset() {
 	*x = ListLeasesRequest{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	mi := &file_lockd_v1_lease_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +707,7 @@ func (x *ListLeasesRequest) String() string {
 func (*ListLeasesRequest) ProtoMessage() {}
 
 func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[8]
+	mi := &file_lockd_v1_lease_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +720,7 @@ func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLeasesRequest.ProtoReflect.Descriptor instead.
 func (*ListLeasesRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{8}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListLeasesRequest) GetLimit() uint32 {
@@ -604,7 +755,7 @@ type ListLeasesResponse struct {
 
 func (x *ListLeasesResponse) Reset() {
 	*x = ListLeasesResponse{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	mi := &file_lockd_v1_lease_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +767,7 @@ func (x *ListLeasesResponse) String() string {
 func (*ListLeasesResponse) ProtoMessage() {}
 
 func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[9]
+	mi := &file_lockd_v1_lease_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +780,7 @@ func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLeasesResponse.ProtoReflect.Descriptor instead.
 func (*ListLeasesResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{9}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListLeasesResponse) GetLeases() []*Lease {
@@ -663,7 +814,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[10]
+	mi := &file_lockd_v1_lease_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +826,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[10]
+	mi := &file_lockd_v1_lease_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +839,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{10}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Lease) GetId() uint64 {
@@ -745,7 +896,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[11]
+	mi := &file_lockd_v1_lease_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +908,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[11]
+	mi := &file_lockd_v1_lease_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +921,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{11}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Grant) GetName() string {
@@ -803,7 +954,7 @@ type LeaseEventsRequest struct {
 
 func (x *LeaseEventsRequest) Reset() {
 	*x = LeaseEventsRequest{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[12]
+	mi := &file_lockd_v1_lease_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +966,7 @@ func (x *LeaseEventsRequest) String() string {
 func (*LeaseEventsRequest) ProtoMessage() {}
 
 func (x *LeaseEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[12]
+	mi := &file_lockd_v1_lease_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +979,7 @@ func (x *LeaseEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseEventsRequest.ProtoReflect.Descriptor instead.
 func (*LeaseEventsRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{12}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaseEventsRequest) GetLeaseId() uint64 {
@@ -853,7 +1004,7 @@ type LeaseEvent struct {
 
 func (x *LeaseEvent) Reset() {
 	*x = LeaseEvent{}
-	mi := &file_lockd_v1_lease_proto_msgTypes[13]
+	mi := &file_lockd_v1_lease_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1016,7 @@ func (x *LeaseEvent) String() string {
 func (*LeaseEvent) ProtoMessage() {}
 
 func (x *LeaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lease_proto_msgTypes[13]
+	mi := &file_lockd_v1_lease_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1029,7 @@ func (x *LeaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseEvent.ProtoReflect.Descriptor instead.
 func (*LeaseEvent) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{13}
+	return file_lockd_v1_lease_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeaseEvent) GetType() LeaseEvent_Type {
@@ -931,7 +1082,15 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\x10KeepAliveRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\"@\n" +
 	"\x11KeepAliveResponse\x12+\n" +
-	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"*\n" +
+	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"3\n" +
+	"\x14KeepAliveManyRequest\x12\x1b\n" +
+	"\tlease_ids\x18\x01 \x03(\x04R\bleaseIds\"L\n" +
+	"\x15KeepAliveManyResponse\x123\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.lockd.v1.KeepAliveResultR\aresults\"o\n" +
+	"\x0fKeepAliveResult\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\x14\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"*\n" +
 	"\rRevokeRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\",\n" +
 	"\x0eRevokeResponse\x12\x1a\n" +
@@ -979,10 +1138,11 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\x04Mode\x12\x14\n" +
 	"\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eMODE_EXCLUSIVE\x10\x01\x12\x0f\n" +
-	"\vMODE_SHARED\x10\x022\x9e\x03\n" +
+	"\vMODE_SHARED\x10\x022\xf2\x03\n" +
 	"\fLeaseService\x12:\n" +
 	"\x05Grant\x12\x16.lockd.v1.GrantRequest\x1a\x17.lockd.v1.GrantResponse\"\x00\x12F\n" +
-	"\tKeepAlive\x12\x1a.lockd.v1.KeepAliveRequest\x1a\x1b.lockd.v1.KeepAliveResponse\"\x00\x12=\n" +
+	"\tKeepAlive\x12\x1a.lockd.v1.KeepAliveRequest\x1a\x1b.lockd.v1.KeepAliveResponse\"\x00\x12R\n" +
+	"\rKeepAliveMany\x12\x1e.lockd.v1.KeepAliveManyRequest\x1a\x1f.lockd.v1.KeepAliveManyResponse\"\x00\x12=\n" +
 	"\x06Revoke\x12\x17.lockd.v1.RevokeRequest\x1a\x18.lockd.v1.RevokeResponse\"\x00\x12A\n" +
 	"\x03Get\x12\x19.lockd.v1.GetLeaseRequest\x1a\x1a.lockd.v1.GetLeaseResponse\"\x03\x90\x02\x01\x12F\n" +
 	"\x04List\x12\x1b.lockd.v1.ListLeasesRequest\x1a\x1c.lockd.v1.ListLeasesResponse\"\x03\x90\x02\x01\x12@\n" +
@@ -1001,53 +1161,60 @@ func file_lockd_v1_lease_proto_rawDescGZIP() []byte {
 }
 
 var file_lockd_v1_lease_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_lockd_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_lockd_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_lockd_v1_lease_proto_goTypes = []any{
-	(Mode)(0),                   // 0: lockd.v1.Mode
-	(LeaseEvent_Type)(0),        // 1: lockd.v1.LeaseEvent.Type
-	(*GrantRequest)(nil),        // 2: lockd.v1.GrantRequest
-	(*GrantResponse)(nil),       // 3: lockd.v1.GrantResponse
-	(*KeepAliveRequest)(nil),    // 4: lockd.v1.KeepAliveRequest
-	(*KeepAliveResponse)(nil),   // 5: lockd.v1.KeepAliveResponse
-	(*RevokeRequest)(nil),       // 6: lockd.v1.RevokeRequest
-	(*RevokeResponse)(nil),      // 7: lockd.v1.RevokeResponse
-	(*GetLeaseRequest)(nil),     // 8: lockd.v1.GetLeaseRequest
-	(*GetLeaseResponse)(nil),    // 9: lockd.v1.GetLeaseResponse
-	(*ListLeasesRequest)(nil),   // 10: lockd.v1.ListLeasesRequest
-	(*ListLeasesResponse)(nil),  // 11: lockd.v1.ListLeasesResponse
-	(*Lease)(nil),               // 12: lockd.v1.Lease
-	(*Grant)(nil),               // 13: lockd.v1.Grant
-	(*LeaseEventsRequest)(nil),  // 14: lockd.v1.LeaseEventsRequest
-	(*LeaseEvent)(nil),          // 15: lockd.v1.LeaseEvent
-	(*durationpb.Duration)(nil), // 16: google.protobuf.Duration
+	(Mode)(0),                     // 0: lockd.v1.Mode
+	(LeaseEvent_Type)(0),          // 1: lockd.v1.LeaseEvent.Type
+	(*GrantRequest)(nil),          // 2: lockd.v1.GrantRequest
+	(*GrantResponse)(nil),         // 3: lockd.v1.GrantResponse
+	(*KeepAliveRequest)(nil),      // 4: lockd.v1.KeepAliveRequest
+	(*KeepAliveResponse)(nil),     // 5: lockd.v1.KeepAliveResponse
+	(*KeepAliveManyRequest)(nil),  // 6: lockd.v1.KeepAliveManyRequest
+	(*KeepAliveManyResponse)(nil), // 7: lockd.v1.KeepAliveManyResponse
+	(*KeepAliveResult)(nil),       // 8: lockd.v1.KeepAliveResult
+	(*RevokeRequest)(nil),         // 9: lockd.v1.RevokeRequest
+	(*RevokeResponse)(nil),        // 10: lockd.v1.RevokeResponse
+	(*GetLeaseRequest)(nil),       // 11: lockd.v1.GetLeaseRequest
+	(*GetLeaseResponse)(nil),      // 12: lockd.v1.GetLeaseResponse
+	(*ListLeasesRequest)(nil),     // 13: lockd.v1.ListLeasesRequest
+	(*ListLeasesResponse)(nil),    // 14: lockd.v1.ListLeasesResponse
+	(*Lease)(nil),                 // 15: lockd.v1.Lease
+	(*Grant)(nil),                 // 16: lockd.v1.Grant
+	(*LeaseEventsRequest)(nil),    // 17: lockd.v1.LeaseEventsRequest
+	(*LeaseEvent)(nil),            // 18: lockd.v1.LeaseEvent
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_lockd_v1_lease_proto_depIdxs = []int32{
-	16, // 0: lockd.v1.GrantRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 1: lockd.v1.GrantResponse.ttl:type_name -> google.protobuf.Duration
-	16, // 2: lockd.v1.KeepAliveResponse.ttl:type_name -> google.protobuf.Duration
-	12, // 3: lockd.v1.GetLeaseResponse.lease:type_name -> lockd.v1.Lease
-	12, // 4: lockd.v1.ListLeasesResponse.leases:type_name -> lockd.v1.Lease
-	16, // 5: lockd.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	13, // 6: lockd.v1.Lease.held:type_name -> lockd.v1.Grant
-	0,  // 7: lockd.v1.Grant.mode:type_name -> lockd.v1.Mode
-	1,  // 8: lockd.v1.LeaseEvent.type:type_name -> lockd.v1.LeaseEvent.Type
-	2,  // 9: lockd.v1.LeaseService.Grant:input_type -> lockd.v1.GrantRequest
-	4,  // 10: lockd.v1.LeaseService.KeepAlive:input_type -> lockd.v1.KeepAliveRequest
-	6,  // 11: lockd.v1.LeaseService.Revoke:input_type -> lockd.v1.RevokeRequest
-	8,  // 12: lockd.v1.LeaseService.Get:input_type -> lockd.v1.GetLeaseRequest
-	10, // 13: lockd.v1.LeaseService.List:input_type -> lockd.v1.ListLeasesRequest
-	14, // 14: lockd.v1.LeaseService.Events:input_type -> lockd.v1.LeaseEventsRequest
-	3,  // 15: lockd.v1.LeaseService.Grant:output_type -> lockd.v1.GrantResponse
-	5,  // 16: lockd.v1.LeaseService.KeepAlive:output_type -> lockd.v1.KeepAliveResponse
-	7,  // 17: lockd.v1.LeaseService.Revoke:output_type -> lockd.v1.RevokeResponse
-	9,  // 18: lockd.v1.LeaseService.Get:output_type -> lockd.v1.GetLeaseResponse
-	11, // 19: lockd.v1.LeaseService.List:output_type -> lockd.v1.ListLeasesResponse
-	15, // 20: lockd.v1.LeaseService.Events:output_type -> lockd.v1.LeaseEvent
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	19, // 0: lockd.v1.GrantRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 1: lockd.v1.GrantResponse.ttl:type_name -> google.protobuf.Duration
+	19, // 2: lockd.v1.KeepAliveResponse.ttl:type_name -> google.protobuf.Duration
+	8,  // 3: lockd.v1.KeepAliveManyResponse.results:type_name -> lockd.v1.KeepAliveResult
+	19, // 4: lockd.v1.KeepAliveResult.ttl:type_name -> google.protobuf.Duration
+	15, // 5: lockd.v1.GetLeaseResponse.lease:type_name -> lockd.v1.Lease
+	15, // 6: lockd.v1.ListLeasesResponse.leases:type_name -> lockd.v1.Lease
+	19, // 7: lockd.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	16, // 8: lockd.v1.Lease.held:type_name -> lockd.v1.Grant
+	0,  // 9: lockd.v1.Grant.mode:type_name -> lockd.v1.Mode
+	1,  // 10: lockd.v1.LeaseEvent.type:type_name -> lockd.v1.LeaseEvent.Type
+	2,  // 11: lockd.v1.LeaseService.Grant:input_type -> lockd.v1.GrantRequest
+	4,  // 12: lockd.v1.LeaseService.KeepAlive:input_type -> lockd.v1.KeepAliveRequest
+	6,  // 13: lockd.v1.LeaseService.KeepAliveMany:input_type -> lockd.v1.KeepAliveManyRequest
+	9,  // 14: lockd.v1.LeaseService.Revoke:input_type -> lockd.v1.RevokeRequest
+	11, // 15: lockd.v1.LeaseService.Get:input_type -> lockd.v1.GetLeaseRequest
+	13, // 16: lockd.v1.LeaseService.List:input_type -> lockd.v1.ListLeasesRequest
+	17, // 17: lockd.v1.LeaseService.Events:input_type -> lockd.v1.LeaseEventsRequest
+	3,  // 18: lockd.v1.LeaseService.Grant:output_type -> lockd.v1.GrantResponse
+	5,  // 19: lockd.v1.LeaseService.KeepAlive:output_type -> lockd.v1.KeepAliveResponse
+	7,  // 20: lockd.v1.LeaseService.KeepAliveMany:output_type -> lockd.v1.KeepAliveManyResponse
+	10, // 21: lockd.v1.LeaseService.Revoke:output_type -> lockd.v1.RevokeResponse
+	12, // 22: lockd.v1.LeaseService.Get:output_type -> lockd.v1.GetLeaseResponse
+	14, // 23: lockd.v1.LeaseService.List:output_type -> lockd.v1.ListLeasesResponse
+	18, // 24: lockd.v1.LeaseService.Events:output_type -> lockd.v1.LeaseEvent
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_lease_proto_init() }
@@ -1061,7 +1228,7 @@ func file_lockd_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_lease_proto_rawDesc), len(file_lockd_v1_lease_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,9 @@ const (
 	LeaseServiceGrantProcedure = "/lockd.v1.LeaseService/Grant"
 	// LeaseServiceKeepAliveProcedure is the fully-qualified name of the LeaseService's KeepAlive RPC.
 	LeaseServiceKeepAliveProcedure = "/lockd.v1.LeaseService/KeepAlive"
+	// LeaseServiceKeepAliveManyProcedure is the fully-qualified name of the LeaseService's
+	// KeepAliveMany RPC.
+	LeaseServiceKeepAliveManyProcedure = "/lockd.v1.LeaseService/KeepAliveMany"
 	// LeaseServiceRevokeProcedure is the fully-qualified name of the LeaseService's Revoke RPC.
 	LeaseServiceRevokeProcedure = "/lockd.v1.LeaseService/Revoke"
 	// LeaseServiceGetProcedure is the fully-qualified name of the LeaseService's Get RPC.
@@ -54,6 +57,10 @@ type LeaseServiceClient interface {
 	// KeepAlive restarts the lease's TTL on the leader. It does not go
 	// through the raft log.
 	KeepAlive(context.Context, *connect.Request[v1.KeepAliveRequest]) (*connect.Response[v1.KeepAliveResponse], error)
+	// KeepAliveMany restarts the TTLs of many leases at once, each as
+	// KeepAlive would, with one quorum check for all: a client with many
+	// sessions sends their keep-alives together. At most 50000 leases.
+	KeepAliveMany(context.Context, *connect.Request[v1.KeepAliveManyRequest]) (*connect.Response[v1.KeepAliveManyResponse], error)
 	// Revoke ends a lease at once, releasing everything it holds.
 	Revoke(context.Context, *connect.Request[v1.RevokeRequest]) (*connect.Response[v1.RevokeResponse], error)
 	// Get describes a lease.
@@ -89,6 +96,12 @@ func NewLeaseServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(leaseServiceMethods.ByName("KeepAlive")),
 			connect.WithClientOptions(opts...),
 		),
+		keepAliveMany: connect.NewClient[v1.KeepAliveManyRequest, v1.KeepAliveManyResponse](
+			httpClient,
+			baseURL+LeaseServiceKeepAliveManyProcedure,
+			connect.WithSchema(leaseServiceMethods.ByName("KeepAliveMany")),
+			connect.WithClientOptions(opts...),
+		),
 		revoke: connect.NewClient[v1.RevokeRequest, v1.RevokeResponse](
 			httpClient,
 			baseURL+LeaseServiceRevokeProcedure,
@@ -120,12 +133,13 @@ func NewLeaseServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 
 // leaseServiceClient implements LeaseServiceClient.
 type leaseServiceClient struct {
-	grant     *connect.Client[v1.GrantRequest, v1.GrantResponse]
-	keepAlive *connect.Client[v1.KeepAliveRequest, v1.KeepAliveResponse]
-	revoke    *connect.Client[v1.RevokeRequest, v1.RevokeResponse]
-	get       *connect.Client[v1.GetLeaseRequest, v1.GetLeaseResponse]
-	list      *connect.Client[v1.ListLeasesRequest, v1.ListLeasesResponse]
-	events    *connect.Client[v1.LeaseEventsRequest, v1.LeaseEvent]
+	grant         *connect.Client[v1.GrantRequest, v1.GrantResponse]
+	keepAlive     *connect.Client[v1.KeepAliveRequest, v1.KeepAliveResponse]
+	keepAliveMany *connect.Client[v1.KeepAliveManyRequest, v1.KeepAliveManyResponse]
+	revoke        *connect.Client[v1.RevokeRequest, v1.RevokeResponse]
+	get           *connect.Client[v1.GetLeaseRequest, v1.GetLeaseResponse]
+	list          *connect.Client[v1.ListLeasesRequest, v1.ListLeasesResponse]
+	events        *connect.Client[v1.LeaseEventsRequest, v1.LeaseEvent]
 }
 
 // Grant calls lockd.v1.LeaseService.Grant.
@@ -136,6 +150,11 @@ func (c *leaseServiceClient) Grant(ctx context.Context, req *connect.Request[v1.
 // KeepAlive calls lockd.v1.LeaseService.KeepAlive.
 func (c *leaseServiceClient) KeepAlive(ctx context.Context, req *connect.Request[v1.KeepAliveRequest]) (*connect.Response[v1.KeepAliveResponse], error) {
 	return c.keepAlive.CallUnary(ctx, req)
+}
+
+// KeepAliveMany calls lockd.v1.LeaseService.KeepAliveMany.
+func (c *leaseServiceClient) KeepAliveMany(ctx context.Context, req *connect.Request[v1.KeepAliveManyRequest]) (*connect.Response[v1.KeepAliveManyResponse], error) {
+	return c.keepAliveMany.CallUnary(ctx, req)
 }
 
 // Revoke calls lockd.v1.LeaseService.Revoke.
@@ -165,6 +184,10 @@ type LeaseServiceHandler interface {
 	// KeepAlive restarts the lease's TTL on the leader. It does not go
 	// through the raft log.
 	KeepAlive(context.Context, *connect.Request[v1.KeepAliveRequest]) (*connect.Response[v1.KeepAliveResponse], error)
+	// KeepAliveMany restarts the TTLs of many leases at once, each as
+	// KeepAlive would, with one quorum check for all: a client with many
+	// sessions sends their keep-alives together. At most 50000 leases.
+	KeepAliveMany(context.Context, *connect.Request[v1.KeepAliveManyRequest]) (*connect.Response[v1.KeepAliveManyResponse], error)
 	// Revoke ends a lease at once, releasing everything it holds.
 	Revoke(context.Context, *connect.Request[v1.RevokeRequest]) (*connect.Response[v1.RevokeResponse], error)
 	// Get describes a lease.
@@ -194,6 +217,12 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 		LeaseServiceKeepAliveProcedure,
 		svc.KeepAlive,
 		connect.WithSchema(leaseServiceMethods.ByName("KeepAlive")),
+		connect.WithHandlerOptions(opts...),
+	)
+	leaseServiceKeepAliveManyHandler := connect.NewUnaryHandler(
+		LeaseServiceKeepAliveManyProcedure,
+		svc.KeepAliveMany,
+		connect.WithSchema(leaseServiceMethods.ByName("KeepAliveMany")),
 		connect.WithHandlerOptions(opts...),
 	)
 	leaseServiceRevokeHandler := connect.NewUnaryHandler(
@@ -228,6 +257,8 @@ func NewLeaseServiceHandler(svc LeaseServiceHandler, opts ...connect.HandlerOpti
 			leaseServiceGrantHandler.ServeHTTP(w, r)
 		case LeaseServiceKeepAliveProcedure:
 			leaseServiceKeepAliveHandler.ServeHTTP(w, r)
+		case LeaseServiceKeepAliveManyProcedure:
+			leaseServiceKeepAliveManyHandler.ServeHTTP(w, r)
 		case LeaseServiceRevokeProcedure:
 			leaseServiceRevokeHandler.ServeHTTP(w, r)
 		case LeaseServiceGetProcedure:
@@ -251,6 +282,10 @@ func (UnimplementedLeaseServiceHandler) Grant(context.Context, *connect.Request[
 
 func (UnimplementedLeaseServiceHandler) KeepAlive(context.Context, *connect.Request[v1.KeepAliveRequest]) (*connect.Response[v1.KeepAliveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LeaseService.KeepAlive is not implemented"))
+}
+
+func (UnimplementedLeaseServiceHandler) KeepAliveMany(context.Context, *connect.Request[v1.KeepAliveManyRequest]) (*connect.Response[v1.KeepAliveManyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LeaseService.KeepAliveMany is not implemented"))
 }
 
 func (UnimplementedLeaseServiceHandler) Revoke(context.Context, *connect.Request[v1.RevokeRequest]) (*connect.Response[v1.RevokeResponse], error) {
