@@ -13,6 +13,8 @@
 //	sessions     N sessions kept alive for the duration; how many stay alive
 //	gap          like uncontended, reporting the longest time without a successful acquire
 //	failover     two processes campaign; the leader is SIGKILLed; time until the standby leads (-ttl, -rounds)
+//	hold         take -c locks and hold them for the duration (lockd only: memory and restart under 1M locks)
+//	caughtup     wait until the node at -endpoints has applied what the -leader had; print the index
 //	floor        p50 of the cheapest server call, of an fdatasync in -dir, and of a loopback round trip
 //	leader       print the endpoint of the raft leader and exit
 //	report       read result lines (a file argument) and print a table of medians and ratios
@@ -57,6 +59,10 @@ type result struct {
 	RPCus   int64 `json:"rpc_us,omitempty"`
 	FsyncUs int64 `json:"fsync_us,omitempty"`
 	RTTus   int64 `json:"rtt_us,omitempty"`
+	// hold, as run.sh completes it: the largest RSS of a node under the
+	// held locks, and a follower's restart until caught up.
+	RSSMB     int64 `json:"rss_mb,omitempty"`
+	RestartMs int64 `json:"restart_ms,omitempty"`
 }
 
 func main() {
@@ -69,6 +75,7 @@ func main() {
 		ttl       = flag.Duration("ttl", 10*time.Second, "session TTL")
 		maxOps    = flag.Int64("max-ops", 10_000_000, "stop after this many operations")
 		rounds    = flag.Int("rounds", 5, "failover: SIGKILLs of the leading process")
+		leaderEp  = flag.String("leader", "", "caughtup: the leader's endpoint")
 		dir       = flag.String("dir", "", "floor: directory to measure fsync in, on the servers' disk (default: the temp dir)")
 	)
 	flag.Parse()
@@ -78,6 +85,12 @@ func main() {
 		return
 	case "echo":
 		echoMain()
+		return
+	case "hold":
+		holdMain(strings.Split(*endpoints, ","), *conc, *ttl, *duration)
+		return
+	case "caughtup":
+		caughtUpMain(*endpoints, *leaderEp, *duration)
 		return
 	case "failover":
 		r := failover(*kind, *endpoints, *ttl, *rounds)

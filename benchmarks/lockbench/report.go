@@ -64,6 +64,11 @@ func report(in io.Reader, out io.Writer) error {
 		case strings.HasPrefix(k.workload, "failover"):
 			row("no leader after its SIGKILL, median", func(r result) float64 { return float64(r.P50us) / 1000 }, "ms")
 			row("worst", func(r result) float64 { return float64(r.P99us) / 1000 }, "ms")
+		case k.workload == "hold":
+			row("locks held", func(r result) float64 { return float64(r.Ops) }, "")
+			row("largest RSS of a node", func(r result) float64 { return float64(r.RSSMB) }, "MiB")
+			row("follower restart until caught up", func(r result) float64 { return float64(r.RestartMs) }, "ms")
+			row("time to take them", func(r result) float64 { return r.Seconds * 1000 }, "ms")
 		case k.workload == "floor":
 			row("server call p50", func(r result) float64 { return float64(r.RPCus) / 1000 }, "ms")
 			row("fdatasync p50", func(r result) float64 { return float64(r.FsyncUs) / 1000 }, "ms")
@@ -129,6 +134,8 @@ func num(v float64, unit string) string {
 		return "–"
 	case unit == "ms":
 		return fmt.Sprintf("%.2f ms", v)
+	case unit == "MiB":
+		return fmt.Sprintf("%.0f MiB", v)
 	case v >= 100:
 		return fmt.Sprintf("%.0f", v)
 	}
