@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lockd-io/lockd/store"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	Faults Faults
 
 	Logger zerolog.Logger
+	// Metrics, when set, receives the node's Prometheus metrics (raft term,
+	// indexes, leader changes, proposal and fsync latency, snapshots).
+	Metrics prometheus.Registerer
 
 	// bugs breaks the node on purpose, so tests can show that their checkers
 	// catch a broken build. Only this package's tests set it.

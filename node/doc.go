@@ -11,14 +11,25 @@
 //     fsync (group commit);
 //  3. a follower sends its messages only now, after its log is durable, since
 //     its acknowledgements promise durability;
-//  4. committed entries are applied to the StateMachine in log order and the
-//     proposals waiting on them are answered with the state machine's result;
-//  5. linearizable reads whose read index has been applied are released;
-//  6. a snapshot is taken and the log compacted when enough entries have been
-//     applied since the last one.
+//  4. configuration changes among the committed entries are applied to raft;
+//  5. the committed entries, now durable, are handed to the applier, and raft
+//     is advanced.
+//
+// The applier is a goroutine of its own: it applies committed entries to the
+// StateMachine in log order, answers the proposals waiting on them with the
+// state machine's result, lets the loop release the linearizable reads whose
+// read index it reached, and takes a snapshot (and compacts the log) when
+// enough entries have been applied since the last one. A slow apply or a
+// long snapshot of a large table thus delays answers, never raft's
+// heartbeats, elections or writes; while the applier is far behind, the loop
+// takes no new proposals.
+//
+// A proposal whose leader goes (it was forwarded to a leader that died, or
+// this node lost its leadership) fails at once with ErrLeaderChanged, its
+// outcome unknown, instead of waiting out its caller's timeout.
 //
 // The node never imports the lock table: it drives the small StateMachine
 // interface, whose commands and results are opaque to it. Peers talk over
-// HTTP/2 on the node's one port (see Transport); faults can be injected in
-// that path for tests.
+// raw streams upgraded from HTTP/1.1 on the node's one port (see transport);
+// faults can be injected in that path for tests.
 package node

@@ -30,6 +30,10 @@ var (
 	// ErrReadTimeout: a linearizable read could not be confirmed by a quorum
 	// within an election timeout.
 	ErrReadTimeout = errors.New("node: read index not confirmed in time")
+	// ErrLeaderChanged: the leader a proposal went to lost its leadership
+	// (or died) before the proposal was applied here. The proposal may or
+	// may not be applied later: its outcome is unknown.
+	ErrLeaderChanged = errors.New("node: the leader changed before the proposal was applied; its outcome is unknown")
 )
 
 // Store meta keys.
@@ -47,6 +51,7 @@ type Node struct {
 	store   *store.Store
 	sm      StateMachine
 	tr      *transport
+	metrics *metrics
 
 	propc chan proposal
 	recvc chan *raftpb.Message
@@ -57,24 +62,39 @@ type Node struct {
 	stop  sync.Once
 
 	waitMu  sync.Mutex
-	waiters map[uint64]chan result
+	waiters map[uint64]*waiter
 	nextID  atomic.Uint64
+
+	apply applier
 
 	// Published by the loop for lock-free readers.
 	leader     atomic.Uint64
 	term       atomic.Uint64
+	commit     atomic.Uint64
 	applied    atomic.Uint64
+	snapIndex  atomic.Uint64
 	quorumSeen atomic.Int64 // monotonic ns (since start) a leader last saw a quorum active
 	started    time.Time
 	peerURL    sync.Map // id → url of every member, for LeaderURL
 
 	// Owned by the raft loop.
 	rn        *raft.RawNode
-	snapIndex uint64
 	confState *raftpb.ConfState
 	members   map[uint64]*peerv1.Member
 	reads     readQueue
 	lastLead  uint64
+}
+
+// waiter is a proposal waiting for its entry to be applied.
+type waiter struct {
+	ch chan result
+	// leader is the leader the proposal was handed to (this node, or the
+	// one raft forwarded it to), once proposed: when that leader goes, the
+	// proposal fails at once with ErrLeaderChanged instead of waiting out
+	// its timeout, since a forwarded proposal that a dead leader never
+	// appended is lost without a word.
+	leader   uint64
+	proposed bool
 }
 
 type proposal struct {
@@ -108,10 +128,12 @@ func Start(cfg Config) (*Node, error) {
 		funcc:   make(chan func(*raft.RawNode)),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
-		waiters: map[uint64]chan result{},
+		waiters: map[uint64]*waiter{},
 		members: map[uint64]*peerv1.Member{},
 		started: time.Now(),
 	}
+	n.apply.init()
+	n.metrics = newMetrics(n, cfg.Metrics)
 	var seed [8]byte
 	rand.Read(seed[:])
 	// Proposal ids start at a random point so that entries proposed by an
@@ -134,17 +156,19 @@ func Start(cfg Config) (*Node, error) {
 	if err := n.checkIdentity(fresh); err != nil {
 		return nil, err
 	}
-	_, cs, err := n.store.InitialState()
+	hs, cs, err := n.store.InitialState()
 	if err != nil {
 		return nil, err
 	}
 	n.confState = cs
+	n.term.Store(hs.GetTerm())
+	n.commit.Store(hs.GetCommit())
 	var applied uint64
 	if !raft.IsEmptySnap(snap) {
 		if err := n.restore(snap); err != nil {
 			return nil, fmt.Errorf("node: restoring snapshot at %d: %w", snap.GetMetadata().GetIndex(), err)
 		}
-		applied = n.snapIndex
+		applied = n.snapIndex.Load()
 	}
 	if cfg.bugs.replayFromLogStart {
 		applied = 0
@@ -197,9 +221,11 @@ func Start(cfg Config) (*Node, error) {
 		}
 	}
 	n.applied.Store(applied)
+	n.apply.conf, n.apply.members = n.confState, membersOf(n.members)
 	n.quorumSeen.Store(-int64(cfg.ElectionTimeout)) // no quorum seen yet
 	n.log.Info().Str("id", strconv.FormatUint(n.id, 16)).Str("cluster", strconv.FormatUint(n.cluster, 16)).
-		Bool("bootstrap", fresh).Uint64("snapshot", n.snapIndex).Uint64("last-index", last).Msg("starting raft node")
+		Bool("bootstrap", fresh).Uint64("snapshot", n.snapIndex.Load()).Uint64("last-index", last).Msg("starting raft node")
+	go n.applyLoop()
 	go n.run()
 	return n, nil
 }
@@ -272,13 +298,14 @@ func (n *Node) Done() <-chan struct{} { return n.donec }
 // unknown whether the command was applied: callers that retry must make
 // their commands idempotent.
 func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
+	start := time.Now()
 	id := n.nextID.Add(1)
 	data := make([]byte, 8+len(cmd))
 	binary.BigEndian.PutUint64(data, id)
 	copy(data[8:], cmd)
 	ch := make(chan result, 1)
 	n.waitMu.Lock()
-	n.waiters[id] = ch
+	n.waiters[id] = &waiter{ch: ch}
 	n.waitMu.Unlock()
 	defer func() {
 		n.waitMu.Lock()
@@ -294,6 +321,9 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 	}
 	select {
 	case r := <-ch:
+		if r.err == nil {
+			n.metrics.proposal.Observe(since(start))
+		}
 		return r.val, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -304,13 +334,17 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 
 func (n *Node) finish(id uint64, val any, err error) {
 	n.waitMu.Lock()
-	ch, ok := n.waiters[id]
+	w, ok := n.waiters[id]
 	n.waitMu.Unlock()
 	if ok {
-		select {
-		case ch <- result{val, err}:
-		default: // already answered
-		}
+		w.answer(result{val, err})
+	}
+}
+
+func (w *waiter) answer(r result) {
+	select {
+	case w.ch <- r:
+	default: // already answered
 	}
 }
 
@@ -358,17 +392,30 @@ func (n *Node) do(ctx context.Context, f func(*raft.RawNode)) error {
 func (n *Node) run() {
 	defer close(n.donec)
 	defer n.failAll()
+	defer n.apply.stop() // before failAll: no apply answers a waiter after it
 	ticker := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	for {
+		// While the applier is far behind (a snapshot of a large table, say),
+		// take no new proposals: raft goes on ticking, sending heartbeats and
+		// persisting what it has, but the backlog stops growing.
+		propc := n.propc
+		if n.apply.backlog.Load() > maxApplyBacklog {
+			propc = nil
+		}
 		select {
 		case <-n.stopc:
 			return
+		case <-n.apply.failed:
+			n.log.Error().Err(n.apply.err).Msg("applying committed entries failed; stopping the node")
+			return
+		case <-n.apply.progress:
+			n.reads.release(n.applied.Load())
 		case <-ticker.C:
 			n.rn.Tick()
 			n.checkQuorum()
 			n.reads.expire(time.Now(), n.cfg.ElectionTimeout)
-		case p := <-n.propc:
+		case p := <-propc:
 			n.propose(p)
 		drainProps:
 			for range 1024 {
@@ -471,7 +518,14 @@ func (n *Node) propose(p proposal) {
 	}
 	if n.cfg.bugs.ackOnPropose {
 		n.finish(p.id, nil, nil)
+		return
 	}
+	lead := n.rn.BasicStatus().Lead
+	n.waitMu.Lock()
+	if w, ok := n.waiters[p.id]; ok {
+		w.leader, w.proposed = lead, true
+	}
+	n.waitMu.Unlock()
 }
 
 func (n *Node) step(m *raftpb.Message) {
@@ -486,20 +540,29 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	if hs := rd.HardState; hs != nil {
 		n.term.Store(hs.GetTerm())
+		n.commit.Store(hs.GetCommit())
 	}
 	leader := n.rn.BasicStatus().RaftState == raft.StateLeader
 	if leader {
 		n.tr.send(rd.Messages)
 	}
+	saveStart := time.Now()
 	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
 		return fmt.Errorf("saving ready: %w", err)
 	}
+	if rd.MustSync {
+		n.metrics.fsync.Observe(since(saveStart))
+	}
+	var work applyWork
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := n.restore(rd.Snapshot); err != nil {
+		// The member table now; the state machine when the applier gets
+		// there, after the entries queued before the snapshot.
+		env, err := n.restoreMembers(rd.Snapshot)
+		if err != nil {
 			return fmt.Errorf("restoring snapshot from leader: %w", err)
 		}
-		n.applied.Store(n.snapIndex)
-		n.log.Info().Uint64("index", n.snapIndex).Msg("restored snapshot from leader")
+		work.snap, work.snapState = rd.Snapshot.GetMetadata(), env.GetState()
+		work.members = map[uint64]membership{rd.Snapshot.GetMetadata().GetIndex(): {n.confState, membersOf(n.members)}}
 	}
 	if !leader {
 		n.tr.send(rd.Messages)
@@ -507,13 +570,35 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	for _, rs := range rd.ReadStates {
 		n.reads.confirm(rs)
 	}
-	if err := n.apply(rd.CommittedEntries); err != nil {
-		return err
+	// Configuration changes are raft's to apply, here on its loop; the
+	// applier learns the membership that results, for its snapshots.
+	for _, e := range rd.CommittedEntries {
+		var cc raftpb.ConfChangeI
+		switch e.GetType() {
+		case raftpb.EntryConfChange:
+			c := new(raftpb.ConfChange)
+			if err := proto.Unmarshal(e.GetData(), c); err != nil {
+				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
+			}
+			cc = c
+		case raftpb.EntryConfChangeV2:
+			c := new(raftpb.ConfChangeV2)
+			if err := proto.Unmarshal(e.GetData(), c); err != nil {
+				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
+			}
+			cc = c
+		default:
+			continue
+		}
+		n.applyConfChange(cc)
+		if work.members == nil {
+			work.members = map[uint64]membership{}
+		}
+		work.members[e.GetIndex()] = membership{n.confState, membersOf(n.members)}
 	}
+	work.ents = rd.CommittedEntries
+	n.apply.push(work)
 	n.reads.release(n.applied.Load())
-	if err := n.maybeSnapshot(); err != nil {
-		return err
-	}
 	n.rn.Advance(rd)
 	return nil
 }
@@ -521,39 +606,18 @@ func (n *Node) handleReady(rd raft.Ready) error {
 func (n *Node) softState(ss *raft.SoftState) {
 	n.leader.Store(ss.Lead)
 	if ss.Lead != n.lastLead {
+		n.waitMu.Lock()
+		for id, w := range n.waiters {
+			if w.proposed && w.leader != ss.Lead {
+				w.answer(result{err: ErrLeaderChanged})
+				delete(n.waiters, id)
+			}
+		}
+		n.waitMu.Unlock()
+		n.metrics.leaderChanges.Inc()
 		n.log.Info().Str("leader", strconv.FormatUint(ss.Lead, 16)).Stringer("state", ss.RaftState).Msg("leader changed")
 		n.lastLead = ss.Lead
 	}
-}
-
-func (n *Node) apply(ents []*raftpb.Entry) error {
-	for _, e := range ents {
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			data := e.GetData()
-			if len(data) < 8 {
-				n.sm.Apply(e.GetIndex(), e.GetTerm(), nil)
-				break
-			}
-			id := binary.BigEndian.Uint64(data)
-			val := n.sm.Apply(e.GetIndex(), e.GetTerm(), data[8:])
-			n.finish(id, val, nil)
-		case raftpb.EntryConfChange:
-			cc := new(raftpb.ConfChange)
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
-			}
-			n.applyConfChange(cc)
-		case raftpb.EntryConfChangeV2:
-			cc := new(raftpb.ConfChangeV2)
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("decoding conf change at %d: %w", e.GetIndex(), err)
-			}
-			n.applyConfChange(cc)
-		}
-		n.applied.Store(e.GetIndex())
-	}
-	return nil
 }
 
 func (n *Node) applyConfChange(cc raftpb.ConfChangeI) {
@@ -582,16 +646,27 @@ func (n *Node) setPeerURL(id uint64, url string) {
 	n.tr.setPeer(id, url)
 }
 
-// restore replaces the state machine and the member table with a snapshot's.
+// restore replaces the state machine and the member table with a
+// snapshot's, before the loop and the applier start.
 func (n *Node) restore(snap *raftpb.Snapshot) error {
-	env := new(peerv1.Snapshot)
-	if err := proto.Unmarshal(snap.GetData(), env); err != nil {
+	env, err := n.restoreMembers(snap)
+	if err != nil {
 		return err
 	}
 	if err := n.sm.Restore(env.GetState()); err != nil {
 		return err
 	}
-	n.snapIndex = snap.GetMetadata().GetIndex()
+	n.snapIndex.Store(snap.GetMetadata().GetIndex())
+	return nil
+}
+
+// restoreMembers replaces the loop's member table and configuration with a
+// snapshot's, and returns the snapshot's envelope.
+func (n *Node) restoreMembers(snap *raftpb.Snapshot) (*peerv1.Snapshot, error) {
+	env := new(peerv1.Snapshot)
+	if err := proto.Unmarshal(snap.GetData(), env); err != nil {
+		return nil, err
+	}
 	n.confState = snap.GetMetadata().GetConfState()
 	n.members = map[uint64]*peerv1.Member{}
 	for _, m := range env.GetMembers() {
@@ -600,61 +675,13 @@ func (n *Node) restore(snap *raftpb.Snapshot) error {
 			n.setPeerURL(m.GetId(), m.GetUrl())
 		}
 	}
-	return nil
-}
-
-// maybeSnapshot snapshots the state machine once SnapshotEntries entries
-// have been applied since the last snapshot, and compacts the log below it,
-// keeping CompactionMargin entries for followers that lag a little.
-func (n *Node) maybeSnapshot() error {
-	applied := n.applied.Load()
-	if applied-n.snapIndex < n.cfg.SnapshotEntries {
-		return nil
-	}
-	return n.snapshot(applied)
-}
-
-func (n *Node) snapshot(applied uint64) error {
-	start := time.Now()
-	state, err := n.sm.Snapshot()
-	if err != nil {
-		return fmt.Errorf("state machine snapshot: %w", err)
-	}
-	env := &peerv1.Snapshot{State: state}
-	for _, m := range n.members {
-		env.Members = append(env.Members, m)
-	}
-	data, err := proto.Marshal(env)
-	if err != nil {
-		return err
-	}
-	if _, err := n.store.CreateSnapshot(applied, n.confState, data); err != nil {
-		return fmt.Errorf("saving snapshot: %w", err)
-	}
-	n.snapIndex = applied
-	if applied > n.cfg.CompactionMargin {
-		compact := applied - n.cfg.CompactionMargin
-		first, err := n.store.FirstIndex()
-		if err != nil {
-			return err
-		}
-		if compact > first {
-			if err := n.store.Compact(compact); err != nil {
-				return fmt.Errorf("compacting log: %w", err)
-			}
-		}
-	}
-	n.log.Info().Uint64("index", applied).Int("bytes", len(data)).Dur("took", time.Since(start)).Msg("snapshot taken")
-	return nil
+	return env, nil
 }
 
 func (n *Node) failAll() {
 	n.waitMu.Lock()
-	for id, ch := range n.waiters {
-		select {
-		case ch <- result{err: ErrStopped}:
-		default:
-		}
+	for id, w := range n.waiters {
+		w.answer(result{err: ErrStopped})
 		delete(n.waiters, id)
 	}
 	n.waitMu.Unlock()

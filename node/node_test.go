@@ -148,3 +148,81 @@ func TestStoppedNodeFailsRequests(t *testing.T) {
 		t.Fatalf("propose on a stopped node: %v, want ErrStopped", err)
 	}
 }
+
+// A proposal a follower forwarded to a leader that dies before appending it
+// is lost without a word; the follower fails it as soon as it sees the
+// leader change, rather than leaving its caller to time out.
+func TestForwardedProposalFailsWhenLeaderGoes(t *testing.T) {
+	faults := newNetFaults(1)
+	c := newTestCluster(t, 3, faults, nil)
+	l := c.waitLeader(5 * time.Second)
+	var f *testNode
+	for _, tn := range c.nodes {
+		if tn != l {
+			f = tn
+			break
+		}
+	}
+	// The follower's messages to the leader are lost: the forwarded
+	// proposal never arrives. Then the leader dies.
+	faults.mu.Lock()
+	faults.cut[[2]uint64{f.current().ID(), l.current().ID()}] = true
+	faults.mu.Unlock()
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() { errc <- propose(context.Background(), f.current(), 1) }()
+	time.Sleep(100 * time.Millisecond)
+	c.crash(l)
+	faults.heal()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrLeaderChanged) {
+			t.Fatalf("the forwarded proposal ended with %v, want ErrLeaderChanged", err)
+		}
+		t.Logf("failed after %v", time.Since(start))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the forwarded proposal still waits 10s after its leader died")
+	}
+	// The cluster goes on without the dead leader.
+	c.waitLeader(10 * time.Second)
+	if err := propose(context.Background(), f.current(), 2); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// slowSnapshots is a state machine whose snapshots take a long time, as a
+// table of a million locks does.
+type slowSnapshots struct {
+	StateMachine
+	delay time.Duration
+}
+
+func (s slowSnapshots) Snapshot() ([]byte, error) {
+	time.Sleep(s.delay)
+	return s.StateMachine.Snapshot()
+}
+
+// A snapshot that takes five election timeouts stalls neither heartbeats
+// nor persistence: the leader keeps its term, and proposals go on.
+func TestSlowSnapshotDoesNotStallRaft(t *testing.T) {
+	c := newTestCluster(t, 3, nil, func(cfg *Config) {
+		cfg.SnapshotEntries = 50
+		cfg.CompactionMargin = 10
+		cfg.StateMachine = slowSnapshots{cfg.StateMachine, 5 * cfg.ElectionTimeout}
+	})
+	l := c.waitLeader(5 * time.Second)
+	term := l.current().term.Load()
+	for op := range uint64(200) {
+		if err := propose(context.Background(), l.current(), op+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := l.current().term.Load(); got != term || c.leader() != l {
+		t.Fatalf("leadership changed during slow snapshots: term %d → %d", term, got)
+	}
+	for _, tn := range c.nodes {
+		if tn.current().snapIndex.Load() == 0 {
+			t.Errorf("%s took no snapshot", tn.name)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -56,7 +58,7 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 			Term:          st.HardState.GetTerm(),
 			Commit:        st.HardState.GetCommit(),
 			Applied:       n.applied.Load(),
-			SnapshotIndex: n.snapIndex,
+			SnapshotIndex: n.snapIndex.Load(),
 			DiskUsage:     n.store.DiskUsage(),
 		}
 		s.FirstIndex, _ = n.store.FirstIndex()
@@ -156,3 +158,27 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 		}
 	}
 }
+
+// Ready reports why this node should not take client traffic now, or nil:
+// it knows no leader, it leads without having heard from a quorum within an
+// election timeout, or it is far (readyLag entries) behind the log it knows
+// committed, as while it replays its log after a restart.
+func (n *Node) Ready() error {
+	lead := n.leader.Load()
+	switch {
+	case lead == 0:
+		return errors.New("no leader known")
+	case lead == n.id:
+		if _, _, quorum := n.Leadership(); !quorum {
+			return errors.New("leading without a quorum")
+		}
+	}
+	if applied, commit := n.applied.Load(), n.commit.Load(); applied+readyLag < commit {
+		return fmt.Errorf("applying the log: %d of %d", applied, commit)
+	}
+	return nil
+}
+
+// readyLag is how far the applied index may trail the commit index of a
+// ready node: under load it always trails a little.
+const readyLag = 1000

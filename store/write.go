@@ -226,23 +226,23 @@ func (s *Store) commit(b *pebble.Batch, rewrites, sync bool, publish func()) err
 // alone: call Compact to discard the entries the snapshot covers. The
 // returned snapshot is the caller's.
 func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb.Snapshot, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if err := s.writable(); err != nil {
-		return nil, err
-	}
-	if index <= s.snap.GetIndex() {
-		return nil, raft.ErrSnapOutOfDate
-	}
-	if index > s.last {
-		return nil, fmt.Errorf("store: snapshot index %d is past the last index %d", index, s.last)
-	}
+	// Encode outside the write lock: a large snapshot takes a while, and
+	// raft's writes must not wait for it. Only the commit is ordered with
+	// them, and the checks are made again under the lock.
 	term, err := s.Term(index)
 	if err != nil {
+		if index > s.lastIndex() {
+			return nil, fmt.Errorf("store: snapshot index %d is past the last index %d", index, s.lastIndex())
+		}
+		if index <= s.snapIndex() {
+			return nil, raft.ErrSnapOutOfDate
+		}
 		return nil, fmt.Errorf("store: term of snapshot index %d: %w", index, err)
 	}
 	if cs == nil {
+		s.mu.RLock()
 		cs = s.snap.GetConfState()
+		s.mu.RUnlock()
 	}
 	snap := pb.EnsureSnapshot(&pb.Snapshot{
 		Data: data,
@@ -261,11 +261,39 @@ func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb
 	if err := b.Set(keySnapshot, enc, nil); err != nil {
 		return nil, fmt.Errorf("store: create snapshot: %w", err)
 	}
+
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	if index <= s.snap.GetIndex() {
+		return nil, raft.ErrSnapOutOfDate
+	}
+	if index > s.last {
+		return nil, fmt.Errorf("store: snapshot index %d is past the last index %d", index, s.last)
+	}
+	if t, err := s.Term(index); err != nil || t != term {
+		// The log was truncated under the snapshot while it was encoded.
+		return nil, fmt.Errorf("store: the entry at snapshot index %d changed (term %d, now %d, %v)", index, term, t, err)
+	}
 	// Snapshot() reads the key itself; only the metadata is published.
 	if err := s.commit(b, false, true, func() { s.snap = snap.GetMetadata() }); err != nil {
 		return nil, err
 	}
 	return proto.CloneOf(snap), nil
+}
+
+func (s *Store) lastIndex() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.last
+}
+
+func (s *Store) snapIndex() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.snap.GetIndex()
 }
 
 // Compact discards the log up to and including compactIndex, which then

@@ -66,7 +66,7 @@ func nodeError(err error) error {
 	if errors.Is(err, node.ErrNoLeader) {
 		return fmt.Errorf("%w: %w: %w", server.ErrUnavailable, server.ErrNotProposed, err)
 	}
-	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrReadTimeout) {
+	if errors.Is(err, node.ErrStopped) || errors.Is(err, node.ErrReadTimeout) || errors.Is(err, node.ErrLeaderChanged) {
 		return fmt.Errorf("%w: %w", server.ErrUnavailable, err)
 	}
 	return err

@@ -1,0 +1,220 @@
+package node
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	peerv1 "github.com/lockd-io/lockd/proto/lockd/peer/v1"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxApplyBacklog is how many committed entries may wait for the applier
+// before the raft loop stops taking new proposals.
+const maxApplyBacklog = 1 << 16
+
+// applier applies committed entries to the state machine, and takes
+// snapshots, on a goroutine of its own. The raft loop hands it each Ready's
+// committed entries in order and goes on at once: a slow apply, or a
+// snapshot of a large table that takes a second, then delays only the
+// answers to proposals and reads, never raft's heartbeats, its elections or
+// the persistence of new entries.
+type applier struct {
+	mu       sync.Mutex
+	queue    []applyWork
+	wake     chan struct{} // cap 1: work was pushed
+	progress chan struct{} // cap 1: the applied index moved (for the loop's reads)
+	backlog  atomic.Int64  // entries pushed and not yet applied
+	quit     chan struct{}
+	done     chan struct{}
+	stopOnce sync.Once
+
+	failed chan struct{} // closed when applying failed; err says why
+	err    error
+
+	// Owned by the applier: the membership as of the applied index, which
+	// its snapshots record.
+	conf    *raftpb.ConfState
+	members []*peerv1.Member
+}
+
+// applyWork is one Ready's share of the applier's work, in log order: a
+// snapshot from the leader to restore first, if any, then the entries.
+type applyWork struct {
+	snap      *raftpb.SnapshotMetadata
+	snapState []byte
+	ents      []*raftpb.Entry
+	// members is the membership after the snapshot or conf change at an
+	// index, as the loop applied it.
+	members map[uint64]membership
+}
+
+type membership struct {
+	conf    *raftpb.ConfState
+	members []*peerv1.Member
+}
+
+func membersOf(m map[uint64]*peerv1.Member) []*peerv1.Member {
+	out := make([]*peerv1.Member, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+func (a *applier) init() {
+	a.wake = make(chan struct{}, 1)
+	a.progress = make(chan struct{}, 1)
+	a.quit = make(chan struct{})
+	a.done = make(chan struct{})
+	a.failed = make(chan struct{})
+}
+
+// push queues work; it never blocks.
+func (a *applier) push(w applyWork) {
+	if w.snap == nil && len(w.ents) == 0 {
+		return
+	}
+	a.backlog.Add(int64(len(w.ents)))
+	a.mu.Lock()
+	a.queue = append(a.queue, w)
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the applier and waits for it: work still queued is dropped (it
+// is in the log, and is applied again after a restart).
+func (a *applier) stop() {
+	a.stopOnce.Do(func() { close(a.quit) })
+	<-a.done
+}
+
+func (n *Node) applyLoop() {
+	a := &n.apply
+	defer close(a.done)
+	for {
+		select {
+		case <-a.quit:
+			return
+		case <-a.wake:
+		}
+		a.mu.Lock()
+		queue := a.queue
+		a.queue = nil
+		a.mu.Unlock()
+		for _, w := range queue {
+			select {
+			case <-a.quit:
+				return
+			default:
+			}
+			if err := n.applyWork(w); err != nil {
+				a.err = err
+				close(a.failed)
+				<-a.quit
+				return
+			}
+			a.backlog.Add(-int64(len(w.ents)))
+			select {
+			case a.progress <- struct{}{}:
+			default:
+			}
+			if err := n.maybeSnapshot(); err != nil {
+				a.err = err
+				close(a.failed)
+				<-a.quit
+				return
+			}
+		}
+	}
+}
+
+func (n *Node) applyWork(w applyWork) error {
+	a := &n.apply
+	if w.snap != nil {
+		if err := n.sm.Restore(w.snapState); err != nil {
+			return fmt.Errorf("restoring snapshot from leader: %w", err)
+		}
+		idx := w.snap.GetIndex()
+		m := w.members[idx]
+		a.conf, a.members = m.conf, m.members
+		n.snapIndex.Store(idx)
+		n.applied.Store(idx)
+		n.metrics.snapshotBytes.Set(float64(len(w.snapState)))
+		n.log.Info().Uint64("index", idx).Msg("restored snapshot from leader")
+	}
+	for _, e := range w.ents {
+		if e.GetIndex() <= n.applied.Load() {
+			continue // covered by the snapshot restored above
+		}
+		switch e.GetType() {
+		case raftpb.EntryNormal:
+			data := e.GetData()
+			if len(data) < 8 {
+				n.sm.Apply(e.GetIndex(), e.GetTerm(), nil)
+				break
+			}
+			id := binary.BigEndian.Uint64(data)
+			val := n.sm.Apply(e.GetIndex(), e.GetTerm(), data[8:])
+			n.finish(id, val, nil)
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if m, ok := w.members[e.GetIndex()]; ok {
+				a.conf, a.members = m.conf, m.members
+			}
+		}
+		n.applied.Store(e.GetIndex())
+	}
+	return nil
+}
+
+// maybeSnapshot snapshots the state machine once SnapshotEntries entries
+// have been applied since the last snapshot, and compacts the log below it,
+// keeping CompactionMargin entries for followers that lag a little. It runs
+// on the applier, so the state machine stands still while it reads it.
+func (n *Node) maybeSnapshot() error {
+	applied := n.applied.Load()
+	if applied-n.snapIndex.Load() < n.cfg.SnapshotEntries {
+		return nil
+	}
+	return n.snapshot(applied)
+}
+
+func (n *Node) snapshot(applied uint64) error {
+	start := time.Now()
+	state, err := n.sm.Snapshot()
+	if err != nil {
+		return fmt.Errorf("state machine snapshot: %w", err)
+	}
+	env := &peerv1.Snapshot{State: state, Members: n.apply.members}
+	data, err := proto.Marshal(env)
+	if err != nil {
+		return err
+	}
+	if _, err := n.store.CreateSnapshot(applied, n.apply.conf, data); err != nil {
+		return fmt.Errorf("saving snapshot: %w", err)
+	}
+	n.snapIndex.Store(applied)
+	if applied > n.cfg.CompactionMargin {
+		compact := applied - n.cfg.CompactionMargin
+		first, err := n.store.FirstIndex()
+		if err != nil {
+			return err
+		}
+		if compact > first {
+			if err := n.store.Compact(compact); err != nil {
+				return fmt.Errorf("compacting log: %w", err)
+			}
+		}
+	}
+	n.metrics.snapshots.Inc()
+	n.metrics.snapshotBytes.Set(float64(len(data)))
+	n.metrics.snapshotTime.Observe(since(start))
+	n.log.Info().Uint64("index", applied).Int("bytes", len(data)).Dur("took", time.Since(start)).Msg("snapshot taken")
+	return nil
+}
