@@ -5,6 +5,7 @@
 #
 #   benchmarks/run.sh                 # 3 runs of 10s each workload
 #   RUNS=1 DUR=3s ROUNDS=1 benchmarks/run.sh   # a quick look
+#   SCALE_ONLY=1 RUNS=1 OUT=/tmp/scale.md benchmarks/run.sh   # only the 1M-lock run
 #
 # It installs Debian's etcd-server if etcd is missing, starts every process
 # it needs on loopback ports, and stops exactly those (by pid) when done.
@@ -114,7 +115,9 @@ failover() { # cluster system endpoints ttl
 }
 
 declare -A size_of=([3-node]=3 [1-node]=1)
-for cluster in 3-node 1-node; do
+clusters="3-node 1-node"
+[ "${SCALE_ONLY:-0}" = 1 ] && clusters=""
+for cluster in $clusters; do
   n=${size_of[$cluster]}
   for system in lockd etcd etcd-v3lock; do
     [ "$system" = etcd-v3lock ] && [ "$cluster" = 1-node ] && continue

@@ -230,3 +230,27 @@ func (t *Table) Stats() Stats {
 	}
 	return s
 }
+
+// NamespaceStats counts one namespace's locks: those that exist, their
+// grants, and the waiters queued on them.
+type NamespaceStats struct {
+	Locks, Grants, Waiters int
+}
+
+// Namespaces counts the locks of every namespace (the first segment of
+// their names). It walks every lock: call it at the pace of a metrics
+// scrape, not per request.
+func (t *Table) Namespaces() map[string]NamespaceStats {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := map[string]NamespaceStats{}
+	for _, lk := range t.locks {
+		ns := Namespace(lk.name)
+		s := out[ns]
+		s.Locks++
+		s.Grants += len(lk.holders)
+		s.Waiters += len(lk.queue)
+		out[ns] = s
+	}
+	return out
+}

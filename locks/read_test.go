@@ -2,6 +2,7 @@ package locks
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"sync"
 	"testing"
@@ -303,4 +304,18 @@ func TestWaiter(t *testing.T) {
 	check(c, wc, WaiterGranted, []uint64{h.tokenOf(c, "x")}, 0)
 	h.ok(h.apply(cmdExpire(c, h.term)))
 	check(c, wc, WaiterGone, nil, 0)
+}
+
+func TestNamespaces(t *testing.T) {
+	h := newHarness(t)
+	a, b := h.lease(), h.lease()
+	h.hold(a, "jobs/x")
+	h.hold(a, "jobs/y")
+	h.queue(b, "jobs/x")
+	h.hold(b, "web/z")
+	got := h.tab.Namespaces()
+	want := map[string]NamespaceStats{"jobs": {Locks: 2, Grants: 2, Waiters: 1}, "web": {Locks: 1, Grants: 1}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Namespaces() = %v, want %v", got, want)
+	}
 }

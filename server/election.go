@@ -79,12 +79,10 @@ func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lock
 	if err := validateElection(req.Msg.GetName()); err != nil {
 		return err
 	}
-	if err := stream.Send(nil); err != nil { // headers now; see Watch
-		return err
-	}
 	name := election.LockName(req.Msg.GetName())
 	var last *lockdv1.LeaderResponse
 	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, req.Msg.GetAfterRevision(),
+		func() error { return stream.Send(nil) },
 		func(_ *locks.Event, state locks.LockInfo, rev uint64) error {
 			resp := leaderResponse(state, rev)
 			if last != nil && sameLeader(last.GetLeader(), resp.GetLeader()) {

@@ -230,11 +230,6 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 	} else if len(m.GetName()) > locks.MaxNameBytes {
 		return invalid("prefix is longer than a lock name can be")
 	}
-	// Send the headers now: a client's call returns only once they arrive,
-	// and a quiet prefix may have nothing to send for a long time.
-	if err := stream.Send(nil); err != nil {
-		return err
-	}
 	match := func(e locks.Event) bool {
 		if e.Name == "" {
 			return false
@@ -244,7 +239,7 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 		}
 		return e.Name == m.GetName()
 	}
-	return h.s.watch(ctx, match, m.GetAfterRevision(), func(e *locks.Event, state locks.LockInfo, rev uint64) error {
+	return h.s.watch(ctx, match, m.GetAfterRevision(), func() error { return stream.Send(nil) }, func(e *locks.Event, state locks.LockInfo, rev uint64) error {
 		ev := &lockdv1.WatchEvent{Type: lockdv1.WatchEvent_TYPE_STATE, Revision: rev, Name: state.Name, State: describeResponse(state, rev)}
 		if e != nil {
 			ev.Type = watchTypes[e.Type]
@@ -282,7 +277,13 @@ func (h *lockHandler) Watch(ctx context.Context, req *connect.Request[lockdv1.Wa
 // watch runs a watch stream: the current state first (or, when resuming
 // from a revision this node still has, the events since), then every
 // matching event, each with the current state of its lock.
-func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after uint64,
+//
+// started is called once the starting point is fixed and sent, before the
+// first event: it sends the response headers, so that a client's call
+// returns only then (a quiet watch may have nothing else to send for a long
+// time), and anything the client changes after its call returned reaches it
+// as an event.
+func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after uint64, started func() error,
 	send func(e *locks.Event, state locks.LockInfo, rev uint64) error,
 	current func() ([]locks.LockInfo, uint64, error)) error {
 	sub, replay, complete := s.hub.subscribe(match, after)
@@ -316,6 +317,9 @@ func (s *Server) watch(ctx context.Context, match func(locks.Event) bool, after 
 		if err := deliver(e); err != nil {
 			return err
 		}
+	}
+	if err := started(); err != nil {
+		return err
 	}
 	for {
 		select {

@@ -16,6 +16,7 @@ import (
 	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
 )
@@ -56,16 +57,22 @@ type Config struct {
 	// is answered Unavailable with its outcome unknown. Default 5s.
 	ProposeTimeout time.Duration
 	Logger         zerolog.Logger
+	// Metrics, when set, receives the server's Prometheus metrics.
+	Metrics prometheus.Registerer
+	// Audit, when set, gets one line per grant, release, expiry and force
+	// release applied on this node.
+	Audit *zerolog.Logger
 }
 
 // Server serves the lockd API.
 type Server struct {
-	cfg    Config
-	raft   Raft
-	table  *locks.Table
-	hub    *hub
-	keeper *keeper
-	log    zerolog.Logger
+	cfg     Config
+	raft    Raft
+	table   *locks.Table
+	hub     *hub
+	keeper  *keeper
+	metrics *metrics
+	log     zerolog.Logger
 
 	forwardMu sync.Mutex
 	forwards  map[string]lockdv1connect.LeaseServiceClient
@@ -96,11 +103,16 @@ func New(cfg Config) *Server {
 		forwards: map[string]lockdv1connect.LeaseServiceClient{},
 		hc:       &http.Client{Transport: tr},
 	}
+	s.metrics = newMetrics(cfg.Table, cfg.Metrics)
 	s.keeper = newKeeper(cfg.Raft, cfg.Table, cfg.Tick, cfg.Logger.With().Str("component", "keeper").Logger())
 	s.bg, s.cancel = context.WithCancel(context.Background())
 	cfg.Table.Observe(func(events []locks.Event) {
 		s.hub.publish(events)
 		s.keeper.observe(events)
+		s.metrics.observe(events)
+		if cfg.Audit != nil {
+			audit(cfg.Audit, events)
+		}
 	})
 	s.wg.Add(1)
 	go func() {
@@ -123,6 +135,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 		// Answers are small: compressing them costs more CPU (a gzip
 		// writer's reset alone is ~20µs) than it saves on the wire.
 		connect.WithCompressMinBytes(compressMinBytes),
+		connect.WithInterceptors(s.metrics.interceptor()),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			s.log.Error().Str("procedure", spec.Procedure).Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s", spec.Procedure))

@@ -37,6 +37,7 @@ type serveConfig struct {
 	logFormat       string
 	shutdownTimeout time.Duration
 	pprof           bool
+	auditLog        string
 
 	// faults, set only by in-process tests, replaces the fault injection
 	// of the build.
@@ -57,6 +58,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for leadership handover and requests in flight")
+	fs.StringVar(&c.auditLog, "audit-log", "", "append a JSON line per grant, release, lease end and force release to this file (- for stderr; default none)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (unauthenticated: only on trusted networks)")
 	return fs
 }
@@ -121,6 +123,7 @@ type instance struct {
 	node     *node.Node
 	api      *server.Server
 	srv      *http.Server
+	audit    io.Closer
 	serveErr chan error
 }
 
@@ -140,6 +143,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		return nil, fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
 	}
 	mux := http.NewServeMux()
+	reg := newRegistry()
 	faults := faultInjection(mux)
 	if c.faults != nil {
 		faults = c.faults
@@ -155,8 +159,13 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		SnapshotEntries:   c.snapshotEntries,
 		Faults:            faults,
 		Logger:            log.With().Str("component", "node").Logger(),
+		Metrics:           reg,
 	})
 	if err != nil {
+		return nil, err
+	}
+	var audit *zerolog.Logger
+	if audit, in.audit, err = openAudit(c.auditLog, log); err != nil {
 		return nil, err
 	}
 	in.api = server.New(server.Config{
@@ -166,9 +175,12 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		MinTTL:  c.electionTimeout,
 		Tick:    c.heartbeat / 2,
 		Logger:  log.With().Str("component", "server").Logger(),
+		Metrics: reg,
+		Audit:   audit,
 	})
 	in.api.Register(mux)
 	mux.Handle(node.PeerPathPrefix, in.node.PeerHandler())
+	handleOps(mux, reg, in.node)
 	if c.pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -223,6 +235,9 @@ func (in *instance) close() {
 	}
 	if in.store != nil {
 		in.store.Close()
+	}
+	if in.audit != nil {
+		in.audit.Close()
 	}
 	if in.ln != nil {
 		in.ln.Close()
