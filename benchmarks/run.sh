@@ -17,6 +17,7 @@ SESSIONS=${SESSIONS:-100000}
 SESSIONS_DUR=${SESSIONS_DUR:-20s} # twice the TTL: the sessions must be kept alive
 ROUNDS=${ROUNDS:-3} # SIGKILLs of the leading process per failover run
 HOLD=${HOLD:-1000000} # locks held for the scale run (0: skip it)
+SCALE_MEMORY_LIMIT=${SCALE_MEMORY_LIMIT:-900MiB} # lockd serve --memory-limit in the scale run
 OUT=${OUT:-RESULTS.md}
 
 if ! command -v etcd >/dev/null; then
@@ -68,7 +69,7 @@ start_lockd_member() { # size index
   cluster=${cluster%,}
   "$work/lockd" serve --name "n$i" --data-dir "$work/lockd-$n-$i" --listen "127.0.0.1:$((27070 + i))" \
     --initial-cluster "$cluster" --heartbeat-interval 100ms --election-timeout 1s --log-level warn --log-format json \
-    >>"$work/lockd-$n-$i.log" 2>&1 &
+    ${LOCKD_FLAGS:-} >>"$work/lockd-$n-$i.log" 2>&1 &
   pids+=($!); pid_of["127.0.0.1:$((27070 + i))"]=$!
 }
 
@@ -167,6 +168,9 @@ done
 if [ "$HOLD" -gt 0 ]; then
   for run in $(seq 1 "$RUNS"); do
     echo "== scale run $run: $HOLD held locks" >&2
+    # A soft heap limit, as an operator sizing a node would set: without
+    # one, Go lets the heap grow to twice what is live between collections.
+    LOCKD_FLAGS="--memory-limit $SCALE_MEMORY_LIMIT"
     start_lockd 3
     wait_leader lockd "$eps"
     "$work/lockbench" -system lockd -endpoints "$eps" -workload hold -c "$HOLD" -ttl 60s -duration 10m >"$work/hold.out" &
@@ -185,6 +189,7 @@ if [ "$HOLD" -gt 0 ]; then
     rss_after=$(max_rss_mb)
     kill "$hpid" 2>/dev/null || true
     wait "$hpid" 2>/dev/null || true
+    LOCKD_FLAGS=""
     sed "s/^{/{\"cluster\":\"3-node\",\"rss_mb\":$((rss > rss_after ? rss : rss_after)),\"restart_ms\":$restart_ms,/" "$work/hold.out" >>"$results"
     stop_all
   done
@@ -198,7 +203,7 @@ fi
   echo "- Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(uname -sr); lockd and etcd run on the same cores as the load generator."
   echo "- lockd: $(cd .. && git describe --always --dirty 2>/dev/null || echo unknown), Go SDK; heartbeat 100ms, election timeout 1s, fsync on."
   echo "- etcd: $(etcd --version | head -1 | awk '{print $3}') (Debian etcd-server); heartbeat 100ms, election timeout 1s, fsync on. Driven two ways: \"etcd Mutex\" is go.etcd.io/etcd/client/v3/concurrency (Mutex, Election), \"etcd v3lock\" is etcd's Lock service (v3lockpb, one RPC to lock and one to unlock)."
-  echo "- Workloads (lockbench): uncontended = C workers each locking and unlocking a lock of its own; contended = C workers on one lock (handoffs/s); trylock = C workers trying a held lock; sessions = $SESSIONS sessions of TTL 10s created by one client process (64 at a time) and kept alive for $SESSIONS_DUR, counted alive at the end; gap = longest time without a successful acquire when the raft leader is SIGKILLed 3s into 10s of uncontended load, 16 workers; failover = two processes campaign with session TTL 1s or 5s, the leader is SIGKILLed, time until the standby leads (median of $ROUNDS); floor = p50 of the cheapest server call (lockd Status; etcd serializable Get), of a 128-byte append + fdatasync in a member's data dir, and of a loopback TCP round trip between processes, and the C=1 acquire p50 divided by their sum; hold (lockd only) = $HOLD locks held by $((HOLD / 10000)) sessions, taken 64 at a time by 16 workers, the largest RSS of the three nodes under them, and a follower's restart after SIGKILL until it has applied all the leader had."
+  echo "- Workloads (lockbench): uncontended = C workers each locking and unlocking a lock of its own; contended = C workers on one lock (handoffs/s); trylock = C workers trying a held lock; sessions = $SESSIONS sessions of TTL 10s created by one client process (64 at a time) and kept alive for $SESSIONS_DUR, counted alive at the end; gap = longest time without a successful acquire when the raft leader is SIGKILLed 3s into 10s of uncontended load, 16 workers; failover = two processes campaign with session TTL 1s or 5s, the leader is SIGKILLed, time until the standby leads (median of $ROUNDS); floor = p50 of the cheapest server call (lockd Status; etcd serializable Get), of a 128-byte append + fdatasync in a member's data dir, and of a loopback TCP round trip between processes, and the C=1 acquire p50 divided by their sum; hold (lockd only) = $HOLD locks held by $((HOLD / 10000)) sessions, taken 64 at a time by 16 workers, the largest RSS of the three nodes under them (nodes run with --memory-limit $SCALE_MEMORY_LIMIT), and a follower's restart after SIGKILL until it has applied all the leader had."
   echo "- Ratios are lockd ÷ etcd: above 1 is better for throughput, below 1 is better for latencies and gaps."
   echo "- Medians of $RUNS runs; p50/p99 are of the acquire (or try, or session creation)."
   echo

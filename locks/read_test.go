@@ -135,6 +135,14 @@ func TestSnapshotRestore(t *testing.T) {
 	if other := buildTable(t).snap(); !bytes.Equal(snap, other) {
 		t.Fatal("equal tables give different snapshots")
 	}
+	// The record-at-a-time encoding is the one proto.Marshal gives.
+	var decoded statev1.Snapshot
+	if err := proto.Unmarshal(snap, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	if canonical, _ := (proto.MarshalOptions{Deterministic: true}).Marshal(&decoded); !bytes.Equal(snap, canonical) {
+		t.Fatal("the snapshot's encoding differs from proto.Marshal's")
+	}
 	r := NewTable()
 	if err := r.Restore(snap); err != nil {
 		t.Fatal(err)

@@ -2,40 +2,91 @@ package locks
 
 import (
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
 // Snapshot encodes the whole table. The encoding is deterministic: equal
 // tables give equal bytes.
+//
+// It encodes one record at a time into a buffer sized up front, rather than
+// building the whole statev1.Snapshot first: a table of a million locks
+// would otherwise need a second, short-lived copy of itself as protobuf
+// objects (hundreds of MiB) on top of the encoded bytes.
 func (t *Table) Snapshot() ([]byte, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	s := &statev1.Snapshot{Revision: t.rev, Term: t.term}
-	for _, l := range t.leases {
-		s.Leases = append(s.Leases, &statev1.Lease{Id: l.id, TtlMs: l.ttl.Milliseconds(), Owner: l.owner, GrantedRevision: l.grantedRev, Dedup: l.dedup})
+	e := snapshotEncoder{
+		buf:  make([]byte, 0, 64*(len(t.locks)+len(t.leases)+len(t.waiters))+64),
+		opts: proto.MarshalOptions{Deterministic: true},
 	}
-	sort.Slice(s.Leases, func(i, j int) bool { return s.Leases[i].Id < s.Leases[j].Id })
+	e.uint64Field(1, t.rev)
+	e.uint64Field(2, t.term)
+	ids := make([]uint64, 0, len(t.leases))
+	for id := range t.leases {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var pl statev1.Lease
+	for _, id := range ids {
+		l := t.leases[id]
+		pl = statev1.Lease{Id: l.id, TtlMs: l.ttl.Milliseconds(), Owner: l.owner, GrantedRevision: l.grantedRev, Dedup: l.dedup}
+		if err := e.message(3, &pl); err != nil {
+			return nil, err
+		}
+	}
+	var lk statev1.Lock
+	var holders []statev1.Holder
 	for _, name := range sortedKeys(t.locks) {
-		lk := t.locks[name]
-		pl := &statev1.Lock{Name: lk.name, Capacity: lk.capacity, LockDelayMs: lk.delay.Milliseconds(),
-			DelayedUntilUnixNano: lk.delayedUntil, DelayReason: lk.delayReason, DelayRevision: lk.delayRev}
-		for _, h := range lk.holders {
-			pl.Holders = append(pl.Holders, &statev1.Holder{LeaseId: h.lease.id, Token: h.token, Mode: int32(h.mode), Value: h.value, WaiterId: h.waiterID})
+		l := t.locks[name]
+		lk = statev1.Lock{Name: l.name, Capacity: l.capacity, LockDelayMs: l.delay.Milliseconds(),
+			DelayedUntilUnixNano: l.delayedUntil, DelayReason: l.delayReason, DelayRevision: l.delayRev}
+		holders = slices.Grow(holders[:0], len(l.holders))[:len(l.holders)]
+		for i, h := range l.holders {
+			holders[i] = statev1.Holder{LeaseId: h.lease.id, Token: h.token, Mode: int32(h.mode), Value: h.value, WaiterId: h.waiterID}
+			lk.Holders = append(lk.Holders, &holders[i])
 		}
-		for _, w := range lk.queue {
-			pl.Queue = append(pl.Queue, w.id)
+		for _, w := range l.queue {
+			lk.Queue = append(lk.Queue, w.id)
 		}
-		s.Locks = append(s.Locks, pl)
+		if err := e.message(4, &lk); err != nil {
+			return nil, err
+		}
 	}
-	for _, w := range t.waiters {
-		s.Waiters = append(s.Waiters, &statev1.Waiter{Id: w.id, LeaseId: w.lease.id, Names: w.names, Mode: int32(w.mode), Value: w.value, RequestId: w.requestID})
+	var pw statev1.Waiter
+	for _, w := range sortedWaiters(t.waiters) {
+		pw = statev1.Waiter{Id: w.id, LeaseId: w.lease.id, Names: w.names, Mode: int32(w.mode), Value: w.value, RequestId: w.requestID}
+		if err := e.message(5, &pw); err != nil {
+			return nil, err
+		}
 	}
-	sort.Slice(s.Waiters, func(i, j int) bool { return s.Waiters[i].Id < s.Waiters[j].Id })
-	return proto.MarshalOptions{Deterministic: true}.Marshal(s)
+	return e.buf, nil
+}
+
+// snapshotEncoder appends the fields of a statev1.Snapshot as proto.Marshal
+// would: scalars that are zero are left out.
+type snapshotEncoder struct {
+	buf  []byte
+	opts proto.MarshalOptions
+}
+
+func (e *snapshotEncoder) uint64Field(num protowire.Number, v uint64) {
+	if v != 0 {
+		e.buf = protowire.AppendTag(e.buf, num, protowire.VarintType)
+		e.buf = protowire.AppendVarint(e.buf, v)
+	}
+}
+
+func (e *snapshotEncoder) message(num protowire.Number, m proto.Message) error {
+	e.buf = protowire.AppendTag(e.buf, num, protowire.BytesType)
+	e.buf = protowire.AppendVarint(e.buf, uint64(e.opts.Size(m)))
+	var err error
+	e.buf, err = e.opts.MarshalAppend(e.buf, m)
+	return err
 }
 
 // Restore replaces the table with a snapshot's contents. On error the table

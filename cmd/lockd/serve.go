@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,6 +40,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	pprof           bool
 	auditLog        string
+	memoryLimit     string
 
 	// faults, set only by in-process tests, replaces the fault injection
 	// of the build.
@@ -59,6 +62,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for leadership handover and requests in flight")
 	fs.StringVar(&c.auditLog, "audit-log", "", "append a JSON line per grant, release, lease end and force release to this file (- for stderr; default none)")
+	fs.StringVar(&c.memoryLimit, "memory-limit", "", "soft limit on the Go heap, such as 900MiB or 2GiB, that the garbage collector works to stay under (default: none, or $GOMEMLIMIT)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (unauthenticated: only on trusted networks)")
 	return fs
 }
@@ -78,6 +82,13 @@ func serve(args []string, stderr io.Writer) error {
 	log, err := newLogger(c.logLevel, c.logFormat, stderr)
 	if err != nil {
 		return usageError{err}
+	}
+	if c.memoryLimit != "" {
+		limit, err := parseBytes(c.memoryLimit)
+		if err != nil {
+			return usageError{fmt.Errorf("--memory-limit: %w", err)}
+		}
+		debug.SetMemoryLimit(limit)
 	}
 	if c.advertise == "" {
 		c.advertise = "http://" + c.listen
@@ -261,4 +272,24 @@ func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
 		return zerolog.Logger{}, fmt.Errorf("unknown log format %q", format)
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// parseBytes reads a size such as 512MiB, 2GiB, 1.5GB or 1048576.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	num, mult := s, 1.0
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("%q is not a size (such as 900MiB or 2GiB)", s)
+	}
+	return int64(v * mult), nil
 }

@@ -147,3 +147,16 @@ func TestSIGTERMHandsOverLeadership(t *testing.T) {
 		t.Errorf("draining took %v", took)
 	}
 }
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"900MiB": 900 << 20, "2GiB": 2 << 30, "1.5GB": 1_500_000_000, "1048576": 1 << 20, "64KiB": 64 << 10, "10B": 10} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "MiB", "-1GiB", "lots"} {
+		if _, err := parseBytes(bad); err == nil {
+			t.Errorf("parseBytes(%q) took a bad size", bad)
+		}
+	}
+}
