@@ -327,3 +327,41 @@ func TestNamespaces(t *testing.T) {
 		t.Fatalf("Namespaces() = %v, want %v", got, want)
 	}
 }
+
+// A backup restored into a new cluster keeps the table and its revision,
+// and forgets the old cluster's raft term.
+func TestSnapshotRevisionAndReseed(t *testing.T) {
+	h := buildTable(t)
+	h.bumpTerm()
+	h.bumpTerm()
+	snap := h.snap()
+	rev, err := SnapshotRevision(snap)
+	if err != nil || rev != h.tab.Revision() {
+		t.Fatalf("SnapshotRevision = %d, %v; want %d", rev, err, h.tab.Revision())
+	}
+	if rev, err := SnapshotRevision(nil); err != nil || rev != 0 {
+		t.Fatalf("SnapshotRevision(empty) = %d, %v", rev, err)
+	}
+	if _, err := SnapshotRevision([]byte{0xff}); err == nil {
+		t.Fatal("SnapshotRevision took a bad snapshot")
+	}
+	seeded, err := Reseed(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewTable()
+	if err := r.Restore(seeded); err != nil {
+		t.Fatal(err)
+	}
+	if r.term != 0 || r.Revision() != h.tab.Revision() || r.Stats() != h.tab.Stats() {
+		t.Fatalf("reseeded: term %d revision %d stats %+v; want term 0, revision %d, stats %+v", r.term, r.Revision(), r.Stats(), h.tab.Revision(), h.tab.Stats())
+	}
+	// An expiry stamped with the new cluster's first terms is not stale.
+	lease, _ := h.tab.Leases(0, 1)
+	if len(lease) == 0 {
+		t.Fatal("no leases in the table")
+	}
+	if res := r.Apply(1000, 2, encode(cmdExpire(lease[0].ID, 2))).(*Result); res.Ignored || res.Err != nil {
+		t.Fatalf("an expiry of the new cluster's term 2 was not applied: %+v", res)
+	}
+}

@@ -144,3 +144,42 @@ func (t *Table) Restore(data []byte) error {
 	}
 	return nil
 }
+
+// SnapshotRevision reads the revision a snapshot is of, without decoding
+// the rest.
+func SnapshotRevision(data []byte) (uint64, error) {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
+		}
+		data = data[n:]
+		if num == 1 && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
+			}
+			return v, nil
+		}
+		n = protowire.ConsumeFieldValue(num, typ, data)
+		if n < 0 {
+			return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
+		}
+		data = data[n:]
+	}
+	return 0, nil // revision 0 is left out
+}
+
+// Reseed prepares a snapshot for a new cluster (a restored backup): it
+// keeps every lease, lock, waiter, token and the revision, and forgets the
+// raft term the old cluster had reached, since the new cluster's terms
+// start again from 1 and expiries stamped with them must not be taken for
+// stale.
+func Reseed(data []byte) ([]byte, error) {
+	t := NewTable()
+	if err := t.Restore(data); err != nil {
+		return nil, err
+	}
+	t.term = 0
+	return t.Snapshot()
+}

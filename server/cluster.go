@@ -15,6 +15,7 @@ type Cluster interface {
 
 type clusterHandler struct {
 	cluster Cluster
+	s       *Server
 }
 
 func (h *clusterHandler) Status(ctx context.Context, _ *connect.Request[lockdv1.StatusRequest]) (*connect.Response[lockdv1.StatusResponse], error) {

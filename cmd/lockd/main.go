@@ -7,6 +7,7 @@
 //	lockd status                             show the cluster
 //	lockd locks list [PREFIX] | describe NAME
 //	lockd lease list | revoke ID
+//	lockd snapshot save FILE | restore FILE --name N --data-dir DIR --initial-cluster …
 //
 // With no flags, `lockd serve` runs a single-node cluster with its data in
 // ./lockd-data, serving clients and peers on 127.0.0.1:7070. Client commands
@@ -34,6 +35,9 @@ Usage:
   lockd locks describe NAME                 show a lock's holders and queue
   lockd lease list                          list leases
   lockd lease revoke ID                     end a lease, releasing its locks
+  lockd snapshot save FILE                  back the lock table up to FILE
+  lockd snapshot restore FILE --name N --data-dir DIR --initial-cluster N=URL,...
+                                            seed a member of a new cluster from FILE
 
 Client commands take --endpoints host:port,... (env LOCKD_ENDPOINTS),
 --ttl DURATION and --output json. 'lockd COMMAND -h' lists a command's flags.
@@ -65,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = locksCmd(args[1:], stdout, stderr)
 	case "lease":
 		err = leaseCmd(args[1:], stdout, stderr)
+	case "snapshot":
+		err = snapshotCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

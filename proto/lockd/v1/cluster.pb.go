@@ -21,6 +21,113 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+// The table's encoding, in chunks of at most 1 MiB. The first chunk also
+// carries the revision the copy is of and its total size; the last carries
+// the SHA-256 of all the data.
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SnapshotChunk) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -29,7 +136,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -41,7 +148,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -54,7 +161,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 type StatusResponse struct {
@@ -91,7 +198,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -103,7 +210,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -116,7 +223,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -227,7 +334,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +346,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +359,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Member) GetName() string {
@@ -305,7 +412,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +424,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +437,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Progress) GetMatchIndex() uint64 {
@@ -358,7 +465,13 @@ var File_lockd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"\x0f\n" +
+	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"\x11\n" +
+	"\x0fSnapshotRequest\"k\n" +
+	"\rSnapshotChunk\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"\x0f\n" +
 	"\rStatusRequest\"\x9a\x03\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -388,9 +501,10 @@ const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\vmatch_index\x18\x01 \x01(\x04R\n" +
 	"matchIndex\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12#\n" +
-	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2R\n" +
+	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2\x99\x01\n" +
 	"\x0eClusterService\x12@\n" +
-	"\x06Status\x12\x17.lockd.v1.StatusRequest\x1a\x18.lockd.v1.StatusResponse\"\x03\x90\x02\x01B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
+	"\x06Status\x12\x17.lockd.v1.StatusRequest\x1a\x18.lockd.v1.StatusResponse\"\x03\x90\x02\x01\x12E\n" +
+	"\bSnapshot\x12\x19.lockd.v1.SnapshotRequest\x1a\x17.lockd.v1.SnapshotChunk\"\x03\x90\x02\x010\x01B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
 
 var (
 	file_lockd_v1_cluster_proto_rawDescOnce sync.Once
@@ -404,20 +518,24 @@ func file_lockd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_lockd_v1_cluster_proto_rawDescData
 }
 
-var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_lockd_v1_cluster_proto_goTypes = []any{
-	(*StatusRequest)(nil),  // 0: lockd.v1.StatusRequest
-	(*StatusResponse)(nil), // 1: lockd.v1.StatusResponse
-	(*Member)(nil),         // 2: lockd.v1.Member
-	(*Progress)(nil),       // 3: lockd.v1.Progress
+	(*SnapshotRequest)(nil), // 0: lockd.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),   // 1: lockd.v1.SnapshotChunk
+	(*StatusRequest)(nil),   // 2: lockd.v1.StatusRequest
+	(*StatusResponse)(nil),  // 3: lockd.v1.StatusResponse
+	(*Member)(nil),          // 4: lockd.v1.Member
+	(*Progress)(nil),        // 5: lockd.v1.Progress
 }
 var file_lockd_v1_cluster_proto_depIdxs = []int32{
-	2, // 0: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
-	3, // 1: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
-	0, // 2: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
-	1, // 3: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
+	4, // 0: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
+	5, // 1: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
+	2, // 2: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
+	0, // 3: lockd.v1.ClusterService.Snapshot:input_type -> lockd.v1.SnapshotRequest
+	3, // 4: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
+	1, // 5: lockd.v1.ClusterService.Snapshot:output_type -> lockd.v1.SnapshotChunk
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -434,7 +552,7 @@ func file_lockd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_cluster_proto_rawDesc), len(file_lockd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
