@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -225,4 +228,77 @@ func TestSlowSnapshotDoesNotStallRaft(t *testing.T) {
 			t.Errorf("%s took no snapshot", tn.name)
 		}
 	}
+}
+
+// Under endless writes the data dir stays bounded: snapshots and log
+// compaction keep the log to SnapshotEntries+CompactionMargin entries, and
+// pebble reclaims what compaction deleted. The bound is the README's for
+// these settings and a state of steady size: pebble's WAL and memtables
+// (2 × 32 MiB), 15,000 small entries, a few snapshots, and as much again
+// for sstables waiting for a compaction: 128 MiB.
+func TestDiskStaysBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a million proposals")
+	}
+	c := newTestCluster(t, 1, nil, func(cfg *Config) {
+		cfg.SnapshotEntries = 10000
+		cfg.CompactionMargin = 5000
+		cfg.StateMachine = new(countSM) // state of a fixed size, as a table of steady size
+	})
+	l := c.waitLeader(5 * time.Second).current()
+	const total, workers = 1_000_000, 64
+	const bound = 128 << 20
+	var next atomic.Uint64
+	var peak atomic.Uint64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				op := next.Add(1)
+				if op > total {
+					return
+				}
+				if err := propose(context.Background(), l, op); err != nil {
+					t.Error(err)
+					return
+				}
+				if op%50_000 == 0 {
+					du := l.store.DiskUsage()
+					if du > peak.Load() {
+						peak.Store(du)
+					}
+					if op%200_000 == 0 {
+						t.Logf("after %d proposals: %d MiB", op, du>>20)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	du := l.store.DiskUsage()
+	t.Logf("%d proposals: data dir %d MiB at the end, %d MiB at most", total, du>>20, max(du, peak.Load())>>20)
+	if max(du, peak.Load()) > bound {
+		t.Fatalf("the data dir reached %d MiB, over the bound of %d MiB", max(du, peak.Load())>>20, bound>>20)
+	}
+	if first, _ := l.store.FirstIndex(); first < total-20_000 {
+		t.Fatalf("the log still starts at %d after %d entries", first, total)
+	}
+}
+
+// countSM counts the operations it applied: a state machine whose state
+// does not grow with its history.
+type countSM struct{ n atomic.Uint64 }
+
+func (s *countSM) Apply(index, term uint64, cmd []byte) any { s.n.Add(1); return index }
+func (s *countSM) Snapshot() ([]byte, error) {
+	return binary.BigEndian.AppendUint64(nil, s.n.Load()), nil
+}
+func (s *countSM) Restore(data []byte) error {
+	if len(data) != 8 {
+		return errors.New("countSM: bad snapshot")
+	}
+	s.n.Store(binary.BigEndian.Uint64(data))
+	return nil
 }

@@ -119,38 +119,51 @@ func progressName(s tracker.StateType) string {
 	}
 }
 
-// TransferLeadership hands leadership to the most up-to-date other voter and
-// waits until this node is no longer leader. It returns at once, with no
-// error, if this node is not the leader or is the only voter.
+// TransferLeadership hands leadership to the most up-to-date other voter
+// that is active, and waits until this node is no longer leader. It returns
+// at once, with no error, if this node is not the leader or is the only
+// voter; if no other voter has been heard from yet (a leader just elected),
+// it waits for one until ctx ends.
 func (n *Node) TransferLeadership(ctx context.Context) error {
-	var target uint64
-	isLeader := false
-	if err := n.do(ctx, func(rn *raft.RawNode) {
-		st := rn.Status()
-		if st.RaftState != raft.StateLeader {
-			return
-		}
-		isLeader = true
-		var best uint64
-		for _, id := range n.confState.GetVoters() {
-			if pr, ok := st.Progress[id]; ok && id != n.id && pr.RecentActive && pr.Match >= best {
-				target, best = id, pr.Match
-			}
-		}
-		if target != 0 {
-			rn.TransferLeader(target)
-		}
-	}); err != nil || !isLeader || target == 0 {
-		return err
-	}
 	tick := time.NewTicker(n.cfg.HeartbeatInterval / 2)
 	defer tick.Stop()
+	started := false
+	var startedAt time.Time
 	for {
-		if l := n.leader.Load(); l != n.id && l != 0 {
+		// raft gives a transfer up after an election timeout (the target
+		// did not catch up): then pick again.
+		if started && time.Since(startedAt) > n.cfg.ElectionTimeout {
+			started = false
+		}
+		var leader, alone bool
+		if err := n.do(ctx, func(rn *raft.RawNode) {
+			st := rn.Status()
+			leader = st.RaftState == raft.StateLeader
+			alone = len(n.confState.GetVoters()) <= 1
+			if !leader || alone || started {
+				return
+			}
+			var target, best uint64
+			for _, id := range n.confState.GetVoters() {
+				if pr, ok := st.Progress[id]; ok && id != n.id && pr.RecentActive && pr.Match >= best {
+					target, best = id, pr.Match
+				}
+			}
+			if target != 0 {
+				rn.TransferLeader(target)
+				started, startedAt = true, time.Now()
+			}
+		}); err != nil {
+			return err
+		}
+		if !leader || alone {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
+			if !started {
+				return fmt.Errorf("no other voter to hand leadership to: %w", ctx.Err())
+			}
 			return ctx.Err()
 		case <-n.donec:
 			return ErrStopped

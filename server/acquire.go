@@ -160,9 +160,5 @@ func (s *Server) cancelRequest(leaseID, requestID uint64, patient bool) error {
 
 // cancelInBackground cancels an acquire whose caller went away.
 func (s *Server) cancelInBackground(leaseID, requestID uint64) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.cancelRequest(leaseID, requestID, true)
-	}()
+	s.goBackground(func() { s.cancelRequest(leaseID, requestID, true) })
 }

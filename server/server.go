@@ -82,6 +82,8 @@ type Server struct {
 	bg     context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	bgMu   sync.Mutex // orders wg.Add with Close's wg.Wait
+	closed bool
 }
 
 // New builds a server and subscribes it to the table's events.
@@ -122,10 +124,29 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Close stops the leader's background work.
+// Close stops the leader's background work and waits for it.
 func (s *Server) Close() {
+	s.bgMu.Lock()
+	s.closed = true
+	s.bgMu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+}
+
+// goBackground runs f on a goroutine that Close waits for, unless the
+// server is closed (then the work is dropped: a waiter left queued goes with
+// its lease).
+func (s *Server) goBackground(f func()) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
 }
 
 // Register mounts every service on mux.
@@ -141,7 +162,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s", spec.Procedure))
 		}),
 	}
-	mux.Handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: s.cfg.Cluster}, opts...))
+	mux.Handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: s.cfg.Cluster, s: s}, opts...))
 	mux.Handle(lockdv1connect.NewLeaseServiceHandler(&leaseHandler{s}, opts...))
 	mux.Handle(lockdv1connect.NewLockServiceHandler(&lockHandler{s}, opts...))
 	mux.Handle(lockdv1connect.NewElectionServiceHandler(&electionHandler{s}, opts...))

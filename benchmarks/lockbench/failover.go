@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"slices"
@@ -98,8 +99,10 @@ func failoverRound(kind, endpoints string, ttl time.Duration) (time.Duration, er
 		return 0, err
 	}
 	defer b.kill()
-	// Let the standby's session and campaign reach the server.
-	time.Sleep(time.Second)
+	// Let the standby's session and campaign reach the server, then kill
+	// at a random point of the leader's keep-alive cycle (TTL/3 long): the
+	// gap is the TTL left since its last keep-alive, plus detection.
+	time.Sleep(time.Second + rand.N(ttl/3))
 	killed := time.Now()
 	a.kill()
 	select {

@@ -85,10 +85,13 @@ func TestMutexSurvivesLeaderKill(t *testing.T) {
 	other := newSession(t, c, 3*time.Second, "other")
 	m2 := lockd.NewMutex(other, "sdk/failover")
 	var otherGot atomic.Bool
+	otherErr := make(chan error, 1)
 	go func() {
-		if m2.Lock(ctx) == nil {
+		err := m2.Lock(ctx)
+		if err == nil {
 			otherGot.Store(true)
 		}
+		otherErr <- err
 	}()
 	leader := testcluster.LeaderOf(t, procs, 10*time.Second)
 	leader.Signal(syscall.SIGKILL)
@@ -111,12 +114,14 @@ func TestMutexSurvivesLeaderKill(t *testing.T) {
 	if err := m.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testcluster.Eventually(t, 10*time.Second, "the other session granted", func() error {
-		if !otherGot.Load() {
-			return errors.New("not yet")
+	select {
+	case err := <-otherErr:
+		if err != nil {
+			t.Fatalf("the other session's Lock failed: %v", err)
 		}
-		return nil
-	})
+	case <-time.After(10 * time.Second):
+		t.Fatal("the other session was not granted within 10s of the release")
+	}
 	if m2.Token() <= m.Token() && m2.Token() != 0 {
 		t.Fatalf("token %d after %d", m2.Token(), m.Token())
 	}

@@ -136,12 +136,14 @@ type instance struct {
 	srv      *http.Server
 	audit    io.Closer
 	serveErr chan error
+	// handover bounds the wait for a leadership transfer at shutdown.
+	handover time.Duration
 }
 
 // start opens the data dir, starts the raft node and serves the API and the
 // peer endpoints on one listener.
 func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, err error) {
-	in := &instance{log: log, serveErr: make(chan error, 1)}
+	in := &instance{log: log, serveErr: make(chan error, 1), handover: 2 * c.electionTimeout}
 	defer func() {
 		if err != nil {
 			in.close()
@@ -220,9 +222,11 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 // cluster does not wait out an election timeout, ends the API's streams and
 // background work, stops the node, and finishes the requests in flight.
 func (in *instance) drain(ctx context.Context) {
-	if err := in.node.TransferLeadership(ctx); err != nil {
+	tctx, cancel := context.WithTimeout(ctx, in.handover)
+	if err := in.node.TransferLeadership(tctx); err != nil {
 		in.log.Warn().Err(err).Msg("leadership handover failed")
 	}
+	cancel()
 	in.api.Close()
 	// Stopping the node ends the peer streams, which would otherwise keep
 	// Shutdown waiting; client requests still in flight fail fast with
