@@ -25,6 +25,13 @@ type Config struct {
 	// membership from its own log and snapshot.
 	InitialCluster []Peer
 
+	// Join, with an empty store, makes the node a new member of the running
+	// cluster ClusterID, whose members (this one included, added with
+	// AddMember) are InitialCluster: it starts with an empty log and learns
+	// everything from the leader, instead of bootstrapping a new cluster.
+	Join      bool
+	ClusterID uint64
+
 	// Store is the node's durable log; the node does not close it.
 	Store *store.Store
 	// StateMachine receives committed commands.

@@ -61,6 +61,9 @@ type Node struct {
 	donec chan struct{}
 	stop  sync.Once
 
+	removed     chan struct{} // closed once this node is removed from the cluster
+	removedOnce sync.Once
+
 	waitMu  sync.Mutex
 	waiters map[uint64]*waiter
 	nextID  atomic.Uint64
@@ -128,6 +131,7 @@ func Start(cfg Config) (*Node, error) {
 		funcc:   make(chan func(*raft.RawNode)),
 		stopc:   make(chan struct{}),
 		donec:   make(chan struct{}),
+		removed: make(chan struct{}),
 		waiters: map[uint64]*waiter{},
 		members: map[uint64]*peerv1.Member{},
 		started: time.Now(),
@@ -207,7 +211,7 @@ func Start(cfg Config) (*Node, error) {
 	for id, m := range n.members {
 		n.setPeerURL(id, m.GetUrl())
 	}
-	if fresh {
+	if fresh && !cfg.Join {
 		peers := make([]raft.Peer, 0, len(cfg.InitialCluster))
 		for _, p := range cfg.InitialCluster {
 			ctx, err := proto.Marshal(&peerv1.Member{Id: MemberID(p.Name), Name: p.Name, Url: p.URL})
@@ -245,6 +249,9 @@ func (n *Node) checkIdentity(fresh bool) error {
 			return errors.New("node: the data dir is empty and no initial cluster was given")
 		}
 		n.cluster = clusterID(n.cfg.InitialCluster)
+		if n.cfg.Join {
+			n.cluster = n.cfg.ClusterID
+		}
 		if err := n.store.SetMeta(metaName, []byte(n.cfg.Name)); err != nil {
 			return err
 		}
@@ -637,6 +644,10 @@ func (n *Node) applyConfChange(cc raftpb.ConfChangeI) {
 			delete(n.members, id)
 			n.peerURL.Delete(id)
 			n.tr.removePeer(id)
+			if id == n.id {
+				n.log.Warn().Msg("this member was removed from the cluster")
+				n.removedOnce.Do(func() { close(n.removed) })
+			}
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 // Status is a node's view of its cluster.
 type Status struct {
 	ID, Leader    uint64
+	ClusterID     uint64
 	Name          string
 	LeaderName    string
 	LeaderURL     string
@@ -52,6 +53,7 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 		st := rn.Status()
 		s = Status{
 			ID:            n.id,
+			ClusterID:     n.cluster,
 			Name:          n.cfg.Name,
 			Leader:        st.Lead,
 			State:         stateName(st.RaftState),

@@ -36,14 +36,7 @@ func startInstances(t testing.TB, size int) []*instance {
 func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) []*instance {
 	t.Helper()
 	addrs := freeAddrs(t, size)
-	var initial []string
-	for i, a := range addrs {
-		initial = append(initial, fmt.Sprintf("n%d=http://%s", i+1, a))
-	}
-	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
+	initial, peers := initialCluster(t, addrs)
 	base := t.TempDir()
 	var out []*instance
 	for i, a := range addrs {
@@ -51,7 +44,7 @@ func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) 
 			name:            fmt.Sprintf("n%d", i+1),
 			dataDir:         filepath.Join(base, fmt.Sprintf("n%d", i+1)),
 			listen:          a,
-			initialCluster:  strings.Join(initial, ","),
+			initialCluster:  initial,
 			heartbeat:       30 * time.Millisecond,
 			electionTimeout: testElection,
 			snapshotEntries: 10000,
@@ -68,6 +61,21 @@ func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) 
 	}
 	waitLeader(t, out)
 	return out
+}
+
+// initialCluster names the nodes at addrs n1, n2, … and returns the
+// --initial-cluster value and its parsed peers.
+func initialCluster(t testing.TB, addrs []string) (string, []node.Peer) {
+	t.Helper()
+	var initial []string
+	for i, a := range addrs {
+		initial = append(initial, fmt.Sprintf("n%d=http://%s", i+1, a))
+	}
+	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(initial, ","), peers
 }
 
 func waitLeader(t testing.TB, ins []*instance) *instance {
@@ -255,6 +263,26 @@ func TestAPIBadInput(t *testing.T) {
 		}},
 		{"keep-alive of too many leases", connect.CodeInvalidArgument, func(c clients) error {
 			_, err := c.lease.KeepAliveMany(context.Background(), connect.NewRequest(&lockdv1.KeepAliveManyRequest{LeaseIds: make([]uint64, 50001)}))
+			return err
+		}},
+		{"member without a name", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.cluster.AddMember(context.Background(), connect.NewRequest(&lockdv1.AddMemberRequest{PeerUrl: "http://127.0.0.1:1"}))
+			return err
+		}},
+		{"member with a bad URL", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.cluster.AddMember(context.Background(), connect.NewRequest(&lockdv1.AddMemberRequest{Name: "n9", PeerUrl: "127.0.0.1:1"}))
+			return err
+		}},
+		{"member added twice", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.cluster.AddMember(context.Background(), connect.NewRequest(&lockdv1.AddMemberRequest{Name: "n1", PeerUrl: "http://127.0.0.1:1", Learner: true}))
+			return err
+		}},
+		{"promote of a non-member", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.cluster.PromoteMember(context.Background(), connect.NewRequest(&lockdv1.PromoteMemberRequest{Name: "nobody"}))
+			return err
+		}},
+		{"removal of the last voter", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.cluster.RemoveMember(context.Background(), connect.NewRequest(&lockdv1.RemoveMemberRequest{Name: "n1"}))
 			return err
 		}},
 		{"release by non-holder", connect.CodeFailedPrecondition, func(c clients) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"connectrpc.com/connect"
 	"context"
 	"errors"
 	"fmt"
@@ -32,6 +33,7 @@ func (a clusterAdapter) Status(ctx context.Context) (*lockdv1.StatusResponse, er
 		FirstIndex:     st.FirstIndex,
 		LastIndex:      st.LastIndex,
 		DiskUsageBytes: st.DiskUsage,
+		ClusterId:      strconv.FormatUint(st.ClusterID, 16),
 	}
 	for _, m := range st.Members {
 		mm := &lockdv1.Member{Name: m.Name, Url: m.URL, Learner: m.Learner, Id: strconv.FormatUint(m.ID, 16)}
@@ -41,6 +43,34 @@ func (a clusterAdapter) Status(ctx context.Context) (*lockdv1.StatusResponse, er
 		resp.Members = append(resp.Members, mm)
 	}
 	return resp, nil
+}
+
+func (a clusterAdapter) AddMember(ctx context.Context, name, peerURL string, learner bool) error {
+	return memberError(a.n.AddMember(ctx, name, peerURL, learner))
+}
+
+func (a clusterAdapter) PromoteMember(ctx context.Context, name string) error {
+	return memberError(a.n.PromoteMember(ctx, name))
+}
+
+func (a clusterAdapter) RemoveMember(ctx context.Context, name string) error {
+	return memberError(a.n.RemoveMember(ctx, name))
+}
+
+// memberError turns the node's refusals of a membership change into
+// FailedPrecondition, and "not the leader" into Unavailable, which sends
+// the client to the leader.
+func memberError(err error) error {
+	var refused *node.MembershipError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &refused):
+		return connect.NewError(connect.CodeFailedPrecondition, refused)
+	case errors.Is(err, node.ErrNotLeader):
+		return fmt.Errorf("%w: %w", server.ErrUnavailable, err)
+	}
+	return nodeError(err)
 }
 
 // raftAdapter is the node as the server sees it.

@@ -8,6 +8,7 @@
 //	lockd locks list [PREFIX] | describe NAME
 //	lockd lease list | revoke ID
 //	lockd snapshot save FILE | restore FILE --name N --data-dir DIR --initial-cluster …
+//	lockd member add NAME --peer-url URL [--learner] | promote NAME | remove NAME | list
 //
 // With no flags, `lockd serve` runs a single-node cluster with its data in
 // ./lockd-data, serving clients and peers on 127.0.0.1:7070. Client commands
@@ -35,6 +36,10 @@ Usage:
   lockd locks describe NAME                 show a lock's holders and queue
   lockd lease list                          list leases
   lockd lease revoke ID                     end a lease, releasing its locks
+  lockd member add NAME --peer-url URL [--learner]
+                                            add a member (then start it with serve --join)
+  lockd member promote NAME | remove NAME | list
+                                            make a learner vote, remove a member, list them
   lockd snapshot save FILE                  back the lock table up to FILE
   lockd snapshot restore FILE --name N --data-dir DIR --initial-cluster N=URL,...
                                             seed a member of a new cluster from FILE
@@ -71,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = leaseCmd(args[1:], stdout, stderr)
 	case "snapshot":
 		err = snapshotCmd(args[1:], stdout, stderr)
+	case "member":
+		err = memberCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

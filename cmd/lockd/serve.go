@@ -15,9 +15,11 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	lockd "github.com/lockd-io/lockd/clients/go"
 	"github.com/lockd-io/lockd/locks"
 	"github.com/lockd-io/lockd/node"
 	"github.com/lockd-io/lockd/server"
@@ -41,10 +43,14 @@ type serveConfig struct {
 	pprof           bool
 	auditLog        string
 	memoryLimit     string
+	join            string
 
 	// faults, set only by in-process tests, replaces the fault injection
 	// of the build.
 	faults node.Faults
+	// compactionMargin, set only by tests, keeps fewer entries below a
+	// snapshot than the node's default.
+	compactionMargin uint64
 }
 
 func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
@@ -54,6 +60,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.dataDir, "data-dir", "lockd-data", "directory of the node's raft log and snapshots")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:7070", "address to serve clients and peers on")
 	fs.StringVar(&c.advertise, "advertise-url", "", "URL peers and clients reach this node at (default http://LISTEN)")
+	fs.StringVar(&c.join, "join", "", "URL of a member of a running cluster to join, when the data dir is empty (add this member with lockd member add first)")
 	fs.StringVar(&c.initialCluster, "initial-cluster", "", "every member of a new cluster as NAME=URL,… (default: this node alone)")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 100*time.Millisecond, "raft heartbeat interval")
 	fs.DurationVar(&c.electionTimeout, "election-timeout", time.Second, "raft election timeout (at least 3 heartbeats)")
@@ -118,6 +125,8 @@ func serve(args []string, stderr io.Writer) error {
 		return fmt.Errorf("serving: %w", err)
 	case <-in.node.Done():
 		return errors.New("raft node stopped; see the log above")
+	case <-in.removed:
+		log.Warn().Msg("removed from the cluster; stopping")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
@@ -138,12 +147,22 @@ type instance struct {
 	serveErr chan error
 	// handover bounds the wait for a leadership transfer at shutdown.
 	handover time.Duration
+	// removed is closed once this member knows it was removed from the
+	// cluster; quit stops the goroutine that watches for it.
+	removed  chan struct{}
+	quit     chan struct{}
+	quitOnce sync.Once
+	// peers are the members this node started with: whom to ask whether it
+	// was removed when its own member table is empty (a member removed
+	// before it caught up).
+	peers []node.Peer
 }
 
 // start opens the data dir, starts the raft node and serves the API and the
 // peer endpoints on one listener.
 func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, err error) {
-	in := &instance{log: log, serveErr: make(chan error, 1), handover: 2 * c.electionTimeout}
+	in := &instance{log: log, serveErr: make(chan error, 1), handover: 2 * c.electionTimeout,
+		removed: make(chan struct{}), quit: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			in.close()
@@ -155,6 +174,18 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	if in.store, err = store.Open(c.dataDir, store.Options{Logger: log.With().Str("component", "store").Logger()}); err != nil {
 		return nil, fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
 	}
+	var join bool
+	var clusterID uint64
+	if c.join != "" {
+		if join, err = storeEmpty(in.store); err != nil {
+			return nil, err
+		}
+		if join {
+			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise); err != nil {
+				return nil, err
+			}
+		}
+	}
 	mux := http.NewServeMux()
 	reg := newRegistry()
 	faults := faultInjection(mux)
@@ -165,11 +196,14 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	in.node, err = node.Start(node.Config{
 		Name:              c.name,
 		InitialCluster:    peers,
+		Join:              join,
+		ClusterID:         clusterID,
 		Store:             in.store,
 		StateMachine:      table,
 		HeartbeatInterval: c.heartbeat,
 		ElectionTimeout:   c.electionTimeout,
 		SnapshotEntries:   c.snapshotEntries,
+		CompactionMargin:  c.compactionMargin,
 		Faults:            faults,
 		Logger:            log.With().Str("component", "node").Logger(),
 		Metrics:           reg,
@@ -213,6 +247,8 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	in.srv.Protocols.SetHTTP1(true)
 	in.srv.Protocols.SetUnencryptedHTTP2(true)
 	go func() { in.serveErr <- in.srv.Serve(in.ln) }()
+	in.peers = peers
+	go in.watchRemoval(c.name, c.electionTimeout)
 	log.Info().Str("name", c.name).Str("listen", in.ln.Addr().String()).Str("data-dir", c.dataDir).
 		Str("initial-cluster", c.initialCluster).Msg("lockd serving")
 	return in, nil
@@ -239,6 +275,7 @@ func (in *instance) drain(ctx context.Context) {
 
 // close stops everything at once, in the reverse order of start.
 func (in *instance) close() {
+	in.quitOnce.Do(func() { close(in.quit) })
 	if in.srv != nil {
 		in.srv.Close()
 	}
@@ -296,4 +333,126 @@ func parseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size (such as 900MiB or 2GiB)", s)
 	}
 	return int64(v * mult), nil
+}
+
+func storeEmpty(st *store.Store) (bool, error) {
+	last, err := st.LastIndex()
+	if err != nil {
+		return false, err
+	}
+	snap, err := st.Snapshot()
+	if err != nil {
+		return false, err
+	}
+	return last == 0 && snap.GetMetadata().GetIndex() == 0, nil
+}
+
+// joinInfo asks a member of a running cluster for its id and members, for
+// a new member name that was added there with lockd member add.
+func joinInfo(memberURL, name, advertise string) ([]node.Peer, uint64, error) {
+	c, err := lockd.New([]string{memberURL})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("joining through %s: %w", memberURL, err)
+	}
+	id, err := strconv.ParseUint(st.GetClusterId(), 16, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("joining through %s: no cluster id in its status", memberURL)
+	}
+	var peers []node.Peer
+	found := false
+	for _, m := range st.GetMembers() {
+		peers = append(peers, node.Peer{Name: m.GetName(), URL: m.GetUrl()})
+		if m.GetName() == name {
+			found = true
+			if m.GetUrl() != advertise {
+				return nil, 0, fmt.Errorf("member %q was added with URL %s, but this node advertises %s", name, m.GetUrl(), advertise)
+			}
+		}
+	}
+	if !found {
+		return nil, 0, fmt.Errorf("%q is not a member of the cluster at %s; add it first: lockd member add %s --peer-url %s --learner", name, memberURL, name, advertise)
+	}
+	return peers, id, nil
+}
+
+// watchRemoval closes in.removed once this member has been removed from the
+// cluster: when it applies its own removal, or, since a removed member may
+// never learn that its removal was committed (the leader stops talking to
+// it), when it has known no leader for three election timeouts and a
+// member that knows one no longer lists it.
+func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
+	tick := time.NewTicker(electionTimeout)
+	defer tick.Stop()
+	var leaderless time.Time
+	for {
+		select {
+		case <-in.quit:
+			return
+		case <-in.node.Removed():
+			close(in.removed)
+			return
+		case <-tick.C:
+		}
+		if in.node.Leader() != 0 {
+			leaderless = time.Time{}
+			continue
+		}
+		if leaderless.IsZero() {
+			leaderless = time.Now()
+		}
+		if time.Since(leaderless) < 3*electionTimeout {
+			continue
+		}
+		if in.removedPerPeers(name, electionTimeout) {
+			close(in.removed)
+			return
+		}
+	}
+}
+
+// removedPerPeers asks the other members this node knows whether it is
+// still a member; only an answer from a member that knows a leader counts.
+func (in *instance) removedPerPeers(name string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	st, err := in.node.Status(ctx)
+	if err != nil {
+		return false
+	}
+	urls := map[string]bool{}
+	for _, m := range st.Members {
+		if m.Name != name {
+			urls[m.URL] = true
+		}
+	}
+	for _, p := range in.peers {
+		if p.Name != name {
+			urls[p.URL] = true
+		}
+	}
+	for u := range urls {
+		c, err := lockd.New([]string{u})
+		if err != nil {
+			continue
+		}
+		pst, err := c.Status(ctx)
+		c.Close()
+		if err != nil || pst.GetLeader() == "" {
+			continue
+		}
+		for _, pm := range pst.GetMembers() {
+			if pm.GetName() == name {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

@@ -21,6 +21,200 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AddMemberRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The URL peers and clients reach the new member at (http://host:port).
+	PeerUrl       string `protobuf:"bytes,2,opt,name=peer_url,json=peerUrl,proto3" json:"peer_url,omitempty"`
+	Learner       bool   `protobuf:"varint,3,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddMemberRequest) Reset() {
+	*x = AddMemberRequest{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddMemberRequest) ProtoMessage() {}
+
+func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
+func (*AddMemberRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddMemberRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddMemberRequest) GetPeerUrl() string {
+	if x != nil {
+		return x.PeerUrl
+	}
+	return ""
+}
+
+func (x *AddMemberRequest) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+type PromoteMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteMemberRequest) Reset() {
+	*x = PromoteMemberRequest{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteMemberRequest) ProtoMessage() {}
+
+func (x *PromoteMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteMemberRequest.ProtoReflect.Descriptor instead.
+func (*PromoteMemberRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PromoteMemberRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RemoveMemberRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// The membership once the change is applied.
+type MembersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersResponse) Reset() {
+	*x = MembersResponse{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersResponse) ProtoMessage() {}
+
+func (x *MembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
+func (*MembersResponse) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MembersResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 type SnapshotRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -29,7 +223,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -41,7 +235,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -54,7 +248,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 // The table's encoding, in chunks of at most 1 MiB. The first chunk also
@@ -72,7 +266,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -84,7 +278,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -97,7 +291,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SnapshotChunk) GetRevision() uint64 {
@@ -136,7 +330,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +342,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +355,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -192,13 +386,15 @@ type StatusResponse struct {
 	LastIndex  uint64 `protobuf:"varint,12,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
 	// Bytes of disk used by the node's store.
 	DiskUsageBytes uint64 `protobuf:"varint,13,opt,name=disk_usage_bytes,json=diskUsageBytes,proto3" json:"disk_usage_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The cluster's id, in hex: a node joins only the cluster it was added to.
+	ClusterId     string `protobuf:"bytes,14,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +406,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +419,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -317,6 +513,13 @@ func (x *StatusResponse) GetDiskUsageBytes() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
 type Member struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -334,7 +537,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +549,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +562,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Member) GetName() string {
@@ -412,7 +615,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +627,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +640,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Progress) GetMatchIndex() uint64 {
@@ -465,14 +668,24 @@ var File_lockd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"\x11\n" +
+	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"[\n" +
+	"\x10AddMemberRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bpeer_url\x18\x02 \x01(\tR\apeerUrl\x12\x18\n" +
+	"\alearner\x18\x03 \x01(\bR\alearner\"*\n" +
+	"\x14PromoteMemberRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
+	"\x13RemoveMemberRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"=\n" +
+	"\x0fMembersResponse\x12*\n" +
+	"\amembers\x18\x01 \x03(\v2\x10.lockd.v1.MemberR\amembers\"\x11\n" +
 	"\x0fSnapshotRequest\"k\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
 	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"\x0f\n" +
-	"\rStatusRequest\"\x9a\x03\n" +
+	"\rStatusRequest\"\xb9\x03\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -490,7 +703,9 @@ const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"firstIndex\x12\x1d\n" +
 	"\n" +
 	"last_index\x18\f \x01(\x04R\tlastIndex\x12(\n" +
-	"\x10disk_usage_bytes\x18\r \x01(\x04R\x0ediskUsageBytes\"\x88\x01\n" +
+	"\x10disk_usage_bytes\x18\r \x01(\x04R\x0ediskUsageBytes\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x0e \x01(\tR\tclusterId\"\x88\x01\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
@@ -501,10 +716,13 @@ const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\vmatch_index\x18\x01 \x01(\x04R\n" +
 	"matchIndex\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12#\n" +
-	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2\x99\x01\n" +
+	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2\xf9\x02\n" +
 	"\x0eClusterService\x12@\n" +
 	"\x06Status\x12\x17.lockd.v1.StatusRequest\x1a\x18.lockd.v1.StatusResponse\"\x03\x90\x02\x01\x12E\n" +
-	"\bSnapshot\x12\x19.lockd.v1.SnapshotRequest\x1a\x17.lockd.v1.SnapshotChunk\"\x03\x90\x02\x010\x01B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
+	"\bSnapshot\x12\x19.lockd.v1.SnapshotRequest\x1a\x17.lockd.v1.SnapshotChunk\"\x03\x90\x02\x010\x01\x12D\n" +
+	"\tAddMember\x12\x1a.lockd.v1.AddMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00\x12L\n" +
+	"\rPromoteMember\x12\x1e.lockd.v1.PromoteMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00\x12J\n" +
+	"\fRemoveMember\x12\x1d.lockd.v1.RemoveMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
 
 var (
 	file_lockd_v1_cluster_proto_rawDescOnce sync.Once
@@ -518,27 +736,38 @@ func file_lockd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_lockd_v1_cluster_proto_rawDescData
 }
 
-var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_lockd_v1_cluster_proto_goTypes = []any{
-	(*SnapshotRequest)(nil), // 0: lockd.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),   // 1: lockd.v1.SnapshotChunk
-	(*StatusRequest)(nil),   // 2: lockd.v1.StatusRequest
-	(*StatusResponse)(nil),  // 3: lockd.v1.StatusResponse
-	(*Member)(nil),          // 4: lockd.v1.Member
-	(*Progress)(nil),        // 5: lockd.v1.Progress
+	(*AddMemberRequest)(nil),     // 0: lockd.v1.AddMemberRequest
+	(*PromoteMemberRequest)(nil), // 1: lockd.v1.PromoteMemberRequest
+	(*RemoveMemberRequest)(nil),  // 2: lockd.v1.RemoveMemberRequest
+	(*MembersResponse)(nil),      // 3: lockd.v1.MembersResponse
+	(*SnapshotRequest)(nil),      // 4: lockd.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),        // 5: lockd.v1.SnapshotChunk
+	(*StatusRequest)(nil),        // 6: lockd.v1.StatusRequest
+	(*StatusResponse)(nil),       // 7: lockd.v1.StatusResponse
+	(*Member)(nil),               // 8: lockd.v1.Member
+	(*Progress)(nil),             // 9: lockd.v1.Progress
 }
 var file_lockd_v1_cluster_proto_depIdxs = []int32{
-	4, // 0: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
-	5, // 1: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
-	2, // 2: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
-	0, // 3: lockd.v1.ClusterService.Snapshot:input_type -> lockd.v1.SnapshotRequest
-	3, // 4: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
-	1, // 5: lockd.v1.ClusterService.Snapshot:output_type -> lockd.v1.SnapshotChunk
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8, // 0: lockd.v1.MembersResponse.members:type_name -> lockd.v1.Member
+	8, // 1: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
+	9, // 2: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
+	6, // 3: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
+	4, // 4: lockd.v1.ClusterService.Snapshot:input_type -> lockd.v1.SnapshotRequest
+	0, // 5: lockd.v1.ClusterService.AddMember:input_type -> lockd.v1.AddMemberRequest
+	1, // 6: lockd.v1.ClusterService.PromoteMember:input_type -> lockd.v1.PromoteMemberRequest
+	2, // 7: lockd.v1.ClusterService.RemoveMember:input_type -> lockd.v1.RemoveMemberRequest
+	7, // 8: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
+	5, // 9: lockd.v1.ClusterService.Snapshot:output_type -> lockd.v1.SnapshotChunk
+	3, // 10: lockd.v1.ClusterService.AddMember:output_type -> lockd.v1.MembersResponse
+	3, // 11: lockd.v1.ClusterService.PromoteMember:output_type -> lockd.v1.MembersResponse
+	3, // 12: lockd.v1.ClusterService.RemoveMember:output_type -> lockd.v1.MembersResponse
+	8, // [8:13] is the sub-list for method output_type
+	3, // [3:8] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_cluster_proto_init() }
@@ -552,7 +781,7 @@ func file_lockd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_cluster_proto_rawDesc), len(file_lockd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

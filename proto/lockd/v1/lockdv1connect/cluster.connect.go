@@ -37,6 +37,15 @@ const (
 	ClusterServiceStatusProcedure = "/lockd.v1.ClusterService/Status"
 	// ClusterServiceSnapshotProcedure is the fully-qualified name of the ClusterService's Snapshot RPC.
 	ClusterServiceSnapshotProcedure = "/lockd.v1.ClusterService/Snapshot"
+	// ClusterServiceAddMemberProcedure is the fully-qualified name of the ClusterService's AddMember
+	// RPC.
+	ClusterServiceAddMemberProcedure = "/lockd.v1.ClusterService/AddMember"
+	// ClusterServicePromoteMemberProcedure is the fully-qualified name of the ClusterService's
+	// PromoteMember RPC.
+	ClusterServicePromoteMemberProcedure = "/lockd.v1.ClusterService/PromoteMember"
+	// ClusterServiceRemoveMemberProcedure is the fully-qualified name of the ClusterService's
+	// RemoveMember RPC.
+	ClusterServiceRemoveMemberProcedure = "/lockd.v1.ClusterService/RemoveMember"
 )
 
 // ClusterServiceClient is a client for the lockd.v1.ClusterService service.
@@ -49,6 +58,17 @@ type ClusterServiceClient interface {
 	// snapshot save` writes it to a file, `lockd snapshot restore` seeds a new
 	// cluster with it.
 	Snapshot(context.Context, *connect.Request[v1.SnapshotRequest]) (*connect.ServerStreamForClient[v1.SnapshotChunk], error)
+	// AddMember adds a member, as a learner (it receives the log, it does not
+	// vote) unless learner is false. Start the new node with
+	// `lockd serve --join URL-of-a-member` after this call. The leader
+	// answers; another node answers Unavailable with the leader's URL.
+	AddMember(context.Context, *connect.Request[v1.AddMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// PromoteMember makes a learner a voter, once it has caught up with the
+	// log (FailedPrecondition until then).
+	PromoteMember(context.Context, *connect.Request[v1.PromoteMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// RemoveMember removes a member; the removed node stops serving. The last
+	// voter cannot be removed.
+	RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the lockd.v1.ClusterService service. By default,
@@ -76,13 +96,34 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		addMember: connect.NewClient[v1.AddMemberRequest, v1.MembersResponse](
+			httpClient,
+			baseURL+ClusterServiceAddMemberProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("AddMember")),
+			connect.WithClientOptions(opts...),
+		),
+		promoteMember: connect.NewClient[v1.PromoteMemberRequest, v1.MembersResponse](
+			httpClient,
+			baseURL+ClusterServicePromoteMemberProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("PromoteMember")),
+			connect.WithClientOptions(opts...),
+		),
+		removeMember: connect.NewClient[v1.RemoveMemberRequest, v1.MembersResponse](
+			httpClient,
+			baseURL+ClusterServiceRemoveMemberProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("RemoveMember")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	status   *connect.Client[v1.StatusRequest, v1.StatusResponse]
-	snapshot *connect.Client[v1.SnapshotRequest, v1.SnapshotChunk]
+	status        *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	snapshot      *connect.Client[v1.SnapshotRequest, v1.SnapshotChunk]
+	addMember     *connect.Client[v1.AddMemberRequest, v1.MembersResponse]
+	promoteMember *connect.Client[v1.PromoteMemberRequest, v1.MembersResponse]
+	removeMember  *connect.Client[v1.RemoveMemberRequest, v1.MembersResponse]
 }
 
 // Status calls lockd.v1.ClusterService.Status.
@@ -95,6 +136,21 @@ func (c *clusterServiceClient) Snapshot(ctx context.Context, req *connect.Reques
 	return c.snapshot.CallServerStream(ctx, req)
 }
 
+// AddMember calls lockd.v1.ClusterService.AddMember.
+func (c *clusterServiceClient) AddMember(ctx context.Context, req *connect.Request[v1.AddMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return c.addMember.CallUnary(ctx, req)
+}
+
+// PromoteMember calls lockd.v1.ClusterService.PromoteMember.
+func (c *clusterServiceClient) PromoteMember(ctx context.Context, req *connect.Request[v1.PromoteMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return c.promoteMember.CallUnary(ctx, req)
+}
+
+// RemoveMember calls lockd.v1.ClusterService.RemoveMember.
+func (c *clusterServiceClient) RemoveMember(ctx context.Context, req *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return c.removeMember.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the lockd.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status reports this node's view of the cluster. It is answered locally,
@@ -105,6 +161,17 @@ type ClusterServiceHandler interface {
 	// snapshot save` writes it to a file, `lockd snapshot restore` seeds a new
 	// cluster with it.
 	Snapshot(context.Context, *connect.Request[v1.SnapshotRequest], *connect.ServerStream[v1.SnapshotChunk]) error
+	// AddMember adds a member, as a learner (it receives the log, it does not
+	// vote) unless learner is false. Start the new node with
+	// `lockd serve --join URL-of-a-member` after this call. The leader
+	// answers; another node answers Unavailable with the leader's URL.
+	AddMember(context.Context, *connect.Request[v1.AddMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// PromoteMember makes a learner a voter, once it has caught up with the
+	// log (FailedPrecondition until then).
+	PromoteMember(context.Context, *connect.Request[v1.PromoteMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// RemoveMember removes a member; the removed node stops serving. The last
+	// voter cannot be removed.
+	RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -128,12 +195,36 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceAddMemberHandler := connect.NewUnaryHandler(
+		ClusterServiceAddMemberProcedure,
+		svc.AddMember,
+		connect.WithSchema(clusterServiceMethods.ByName("AddMember")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServicePromoteMemberHandler := connect.NewUnaryHandler(
+		ClusterServicePromoteMemberProcedure,
+		svc.PromoteMember,
+		connect.WithSchema(clusterServiceMethods.ByName("PromoteMember")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceRemoveMemberHandler := connect.NewUnaryHandler(
+		ClusterServiceRemoveMemberProcedure,
+		svc.RemoveMember,
+		connect.WithSchema(clusterServiceMethods.ByName("RemoveMember")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/lockd.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
 			clusterServiceStatusHandler.ServeHTTP(w, r)
 		case ClusterServiceSnapshotProcedure:
 			clusterServiceSnapshotHandler.ServeHTTP(w, r)
+		case ClusterServiceAddMemberProcedure:
+			clusterServiceAddMemberHandler.ServeHTTP(w, r)
+		case ClusterServicePromoteMemberProcedure:
+			clusterServicePromoteMemberHandler.ServeHTTP(w, r)
+		case ClusterServiceRemoveMemberProcedure:
+			clusterServiceRemoveMemberHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -149,4 +240,16 @@ func (UnimplementedClusterServiceHandler) Status(context.Context, *connect.Reque
 
 func (UnimplementedClusterServiceHandler) Snapshot(context.Context, *connect.Request[v1.SnapshotRequest], *connect.ServerStream[v1.SnapshotChunk]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.Snapshot is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) AddMember(context.Context, *connect.Request[v1.AddMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.AddMember is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) PromoteMember(context.Context, *connect.Request[v1.PromoteMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.PromoteMember is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.RemoveMember is not implemented"))
 }
