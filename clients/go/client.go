@@ -164,8 +164,9 @@ func (c *Client) Close() { c.opts.httpClient.CloseIdleConnections() }
 
 // retryable reports whether err means the node could not serve the call
 // (down, no leader, draining), so that another node, or the same one later,
-// may.
-func retryable(err error) bool {
+// may. ctx is the caller's: a cancellation that is not the caller's is a
+// broken connection (a node killed mid-call shows up so).
+func retryable(ctx context.Context, err error) bool {
 	var ce *connect.Error
 	if !errors.As(err, &ce) {
 		return false
@@ -173,6 +174,8 @@ func retryable(err error) bool {
 	switch ce.Code() {
 	case connect.CodeUnavailable:
 		return true
+	case connect.CodeCanceled:
+		return ctx.Err() == nil
 	case connect.CodeUnknown, connect.CodeInternal:
 		// A broken connection, not an answer from a server.
 		return !connect.IsWireError(ce)
@@ -193,7 +196,7 @@ func (c *Client) do(ctx context.Context, call func(ctx context.Context, e *endpo
 		for i := range n {
 			idx := (start + i) % n
 			err = call(ctx, c.endpoint(idx))
-			if err == nil || !retryable(err) {
+			if err == nil || !retryable(ctx, err) {
 				if i > 0 {
 					// Failed over: stay with the node that answered, and
 					// look for the new leader, which it may not be.
