@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -127,9 +128,43 @@ func progressName(s tracker.StateType) string {
 // voter; if no other voter has been heard from yet (a leader just elected),
 // it waits for one until ctx ends.
 func (n *Node) TransferLeadership(ctx context.Context) error {
+	err := n.transfer(ctx, 0)
+	if errors.Is(err, ErrNotLeader) {
+		return nil
+	}
+	return err
+}
+
+// TransferLeadershipTo hands leadership to the voter name (to the most
+// up-to-date active voter if name is empty) and waits until it has moved.
+// It returns ErrNotLeader on a node that does not lead.
+func (n *Node) TransferLeadershipTo(ctx context.Context, name string) error {
+	if name == "" {
+		return n.transfer(ctx, 0)
+	}
+	id := MemberID(name)
+	var refused error
+	if err := n.do(ctx, func(*raft.RawNode) {
+		if _, ok := n.members[id]; !ok {
+			refused = refuse("%q is not a member", name)
+		} else if !slices.Contains(n.confState.GetVoters(), id) {
+			refused = refuse("%q is a learner; only a voter can lead", name)
+		}
+	}); err != nil {
+		return err
+	}
+	if refused != nil {
+		return refused
+	}
+	return n.transfer(ctx, id)
+}
+
+// transfer hands leadership to want (any active voter if 0) and waits
+// until this node no longer leads (and want leads, if given).
+func (n *Node) transfer(ctx context.Context, want uint64) error {
 	tick := time.NewTicker(n.cfg.HeartbeatInterval / 2)
 	defer tick.Stop()
-	started := false
+	started, first := false, true
 	var startedAt time.Time
 	for {
 		// raft gives a transfer up after an election timeout (the target
@@ -147,7 +182,7 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 			}
 			var target, best uint64
 			for _, id := range n.confState.GetVoters() {
-				if pr, ok := st.Progress[id]; ok && id != n.id && pr.RecentActive && pr.Match >= best {
+				if pr, ok := st.Progress[id]; ok && id != n.id && pr.RecentActive && pr.Match >= best && (want == 0 || id == want) {
 					target, best = id, pr.Match
 				}
 			}
@@ -158,9 +193,17 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 		}); err != nil {
 			return err
 		}
-		if !leader || alone {
+		switch {
+		case first && !leader:
+			return ErrNotLeader
+		case want == n.id:
+			return nil
+		case !leader && (want == 0 || n.leader.Load() == want):
+			return nil
+		case alone:
 			return nil
 		}
+		first = false
 		select {
 		case <-ctx.Done():
 			if !started {

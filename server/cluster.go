@@ -18,6 +18,8 @@ type Cluster interface {
 	AddMember(ctx context.Context, name, peerURL string, learner bool) error
 	PromoteMember(ctx context.Context, name string) error
 	RemoveMember(ctx context.Context, name string) error
+	// TransferLeader hands leadership to name (any voter if empty).
+	TransferLeader(ctx context.Context, name string) error
 }
 
 type clusterHandler struct {
@@ -56,6 +58,22 @@ func (h *clusterHandler) RemoveMember(ctx context.Context, req *connect.Request[
 		return nil, err
 	}
 	return h.members(ctx, h.cluster.RemoveMember(ctx, req.Msg.GetName()))
+}
+
+func (h *clusterHandler) TransferLeader(ctx context.Context, req *connect.Request[lockdv1.TransferLeaderRequest]) (*connect.Response[lockdv1.TransferLeaderResponse], error) {
+	if name := req.Msg.GetName(); name != "" {
+		if err := validateMemberName(name); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.cluster.TransferLeader(ctx, req.Msg.GetName()); err != nil {
+		return nil, h.s.unavailable(err)
+	}
+	st, err := h.cluster.Status(ctx)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&lockdv1.TransferLeaderResponse{Leader: st.GetLeader()}), nil
 }
 
 // members answers a membership change with the membership after it.

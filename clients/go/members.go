@@ -41,3 +41,21 @@ func (c *Client) changeMembers(ctx context.Context, call func(context.Context, *
 	})
 	return members, err
 }
+
+// TransferLeader hands raft leadership to the voter name (to the most
+// up-to-date voter if name is empty) and returns the member that leads
+// once it has moved.
+func (c *Client) TransferLeader(ctx context.Context, name string) (string, error) {
+	var leader string
+	err := c.do(ctx, func(ctx context.Context, e *endpoint) error {
+		r, err := e.cluster.TransferLeader(ctx, connect.NewRequest(&lockdv1.TransferLeaderRequest{Name: name}))
+		if err == nil {
+			leader = r.Msg.GetLeader()
+		}
+		return err
+	})
+	if err == nil {
+		c.refindLeader()
+	}
+	return leader, err
+}

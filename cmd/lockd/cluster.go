@@ -57,6 +57,10 @@ func (a clusterAdapter) RemoveMember(ctx context.Context, name string) error {
 	return memberError(a.n.RemoveMember(ctx, name))
 }
 
+func (a clusterAdapter) TransferLeader(ctx context.Context, name string) error {
+	return memberError(a.n.TransferLeadershipTo(ctx, name))
+}
+
 // memberError turns the node's refusals of a membership change into
 // FailedPrecondition, and "not the leader" into Unavailable, which sends
 // the client to the leader.

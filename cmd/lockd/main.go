@@ -40,6 +40,7 @@ Usage:
                                             add a member (then start it with serve --join)
   lockd member promote NAME | remove NAME | list
                                             make a learner vote, remove a member, list them
+  lockd member transfer [NAME]              hand raft leadership to NAME (or any voter)
   lockd snapshot save FILE                  back the lock table up to FILE
   lockd snapshot restore FILE --name N --data-dir DIR --initial-cluster N=URL,...
                                             seed a member of a new cluster from FILE

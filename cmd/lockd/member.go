@@ -15,9 +15,10 @@ import (
 //	lockd member promote NAME
 //	lockd member remove NAME
 //	lockd member list
+//	lockd member transfer [NAME]
 func memberCmd(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
-	fs := newFlagSet("member", "member add NAME --peer-url URL [--learner] | promote NAME | remove NAME | list", stderr)
+	fs := newFlagSet("member", "member add NAME --peer-url URL [--learner] | promote NAME | remove NAME | list | transfer [NAME]", stderr)
 	cf.register(fs)
 	peerURL := fs.String("peer-url", "", "add: the URL peers and clients reach the new member at")
 	learner := fs.Bool("learner", false, "add: as a learner (it receives the log without voting); promote it once it has caught up")
@@ -28,12 +29,13 @@ func memberCmd(args []string, stdout, stderr io.Writer) error {
 	if err := cf.validate(); err != nil {
 		return err
 	}
-	usage := usageError{errors.New("usage: lockd member add NAME --peer-url URL [--learner] | member promote NAME | member remove NAME | member list")}
+	usage := usageError{errors.New("usage: lockd member add NAME --peer-url URL [--learner] | member promote NAME | member remove NAME | member list | member transfer [NAME]")}
 	if len(pos) == 0 {
 		return usage
 	}
 	switch {
 	case pos[0] == "list" && len(pos) == 1:
+	case pos[0] == "transfer" && len(pos) <= 2:
 	case (pos[0] == "add" || pos[0] == "promote" || pos[0] == "remove") && len(pos) == 2:
 	default:
 		return usage
@@ -48,6 +50,19 @@ func memberCmd(args []string, stdout, stderr io.Writer) error {
 	defer c.Close()
 	ctx, cancel := withTimeout(cf.timeout)
 	defer cancel()
+	if pos[0] == "transfer" {
+		name := ""
+		if len(pos) == 2 {
+			name = pos[1]
+		}
+		leader, err := c.TransferLeader(ctx, name)
+		if err != nil {
+			return describeErr(err)
+		}
+		return emit(stdout, cf.output, &lockdv1.TransferLeaderResponse{Leader: leader}, func(w io.Writer) {
+			fmt.Fprintf(w, "leader: %s\n", leader)
+		})
+	}
 	var members []*lockdv1.Member
 	switch pos[0] {
 	case "list":

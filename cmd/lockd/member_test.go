@@ -158,6 +158,16 @@ func TestMembershipGrowShrink(t *testing.T) {
 	if v := mc.voters(); v != 5 {
 		t.Fatalf("%d voters after growing, want 5", v)
 	}
+	// Leadership moves to a new member on request, and the load goes on.
+	if out, err := mc.cli("member", "transfer", "n5"); err != nil || !strings.Contains(out, "leader: n5") {
+		t.Fatalf("transfer to n5: %q %v", out, err)
+	}
+	if leader, _, _ := n5.node.Leadership(); !leader {
+		t.Fatal("n5 does not lead after the transfer")
+	}
+	if _, err := mc.cli("member", "transfer", "nobody"); err == nil {
+		t.Fatal("a transfer to a non-member succeeded")
+	}
 	for _, name := range []string{"n4", "n5"} {
 		if _, err := mc.cli("member", "remove", name); err != nil {
 			t.Fatal(err)

@@ -21,6 +21,95 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *TransferLeaderRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type TransferLeaderResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member that leads now.
+	Leader        string `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TransferLeaderResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 type AddMemberRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -33,7 +122,7 @@ type AddMemberRequest struct {
 
 func (x *AddMemberRequest) Reset() {
 	*x = AddMemberRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +134,7 @@ func (x *AddMemberRequest) String() string {
 func (*AddMemberRequest) ProtoMessage() {}
 
 func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[0]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +147,7 @@ func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
 func (*AddMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AddMemberRequest) GetName() string {
@@ -91,7 +180,7 @@ type PromoteMemberRequest struct {
 
 func (x *PromoteMemberRequest) Reset() {
 	*x = PromoteMemberRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -103,7 +192,7 @@ func (x *PromoteMemberRequest) String() string {
 func (*PromoteMemberRequest) ProtoMessage() {}
 
 func (x *PromoteMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[1]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -116,7 +205,7 @@ func (x *PromoteMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteMemberRequest.ProtoReflect.Descriptor instead.
 func (*PromoteMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PromoteMemberRequest) GetName() string {
@@ -135,7 +224,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -147,7 +236,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[2]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -160,7 +249,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RemoveMemberRequest) GetName() string {
@@ -180,7 +269,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +281,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[3]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +294,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -223,7 +312,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +324,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[4]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +337,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 // The table's encoding, in chunks of at most 1 MiB. The first chunk also
@@ -266,7 +355,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +367,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[5]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,7 +380,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotChunk) GetRevision() uint64 {
@@ -330,7 +419,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +431,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[6]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +444,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type StatusResponse struct {
@@ -394,7 +483,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +495,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[7]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +508,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -537,7 +626,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +638,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[8]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +651,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Member) GetName() string {
@@ -615,7 +704,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +716,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_cluster_proto_msgTypes[9]
+	mi := &file_lockd_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +729,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_lockd_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Progress) GetMatchIndex() uint64 {
@@ -668,7 +757,11 @@ var File_lockd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"[\n" +
+	"\x16lockd/v1/cluster.proto\x12\blockd.v1\"+\n" +
+	"\x15TransferLeaderRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"0\n" +
+	"\x16TransferLeaderResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\"[\n" +
 	"\x10AddMemberRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bpeer_url\x18\x02 \x01(\tR\apeerUrl\x12\x18\n" +
@@ -716,13 +809,14 @@ const file_lockd_v1_cluster_proto_rawDesc = "" +
 	"\vmatch_index\x18\x01 \x01(\x04R\n" +
 	"matchIndex\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12#\n" +
-	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2\xf9\x02\n" +
+	"\rrecent_active\x18\x03 \x01(\bR\frecentActive2\xd0\x03\n" +
 	"\x0eClusterService\x12@\n" +
 	"\x06Status\x12\x17.lockd.v1.StatusRequest\x1a\x18.lockd.v1.StatusResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\bSnapshot\x12\x19.lockd.v1.SnapshotRequest\x1a\x17.lockd.v1.SnapshotChunk\"\x03\x90\x02\x010\x01\x12D\n" +
 	"\tAddMember\x12\x1a.lockd.v1.AddMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00\x12L\n" +
 	"\rPromoteMember\x12\x1e.lockd.v1.PromoteMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00\x12J\n" +
-	"\fRemoveMember\x12\x1d.lockd.v1.RemoveMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
+	"\fRemoveMember\x12\x1d.lockd.v1.RemoveMemberRequest\x1a\x19.lockd.v1.MembersResponse\"\x00\x12U\n" +
+	"\x0eTransferLeader\x12\x1f.lockd.v1.TransferLeaderRequest\x1a .lockd.v1.TransferLeaderResponse\"\x00B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
 
 var (
 	file_lockd_v1_cluster_proto_rawDescOnce sync.Once
@@ -736,38 +830,42 @@ func file_lockd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_lockd_v1_cluster_proto_rawDescData
 }
 
-var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_lockd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_lockd_v1_cluster_proto_goTypes = []any{
-	(*AddMemberRequest)(nil),     // 0: lockd.v1.AddMemberRequest
-	(*PromoteMemberRequest)(nil), // 1: lockd.v1.PromoteMemberRequest
-	(*RemoveMemberRequest)(nil),  // 2: lockd.v1.RemoveMemberRequest
-	(*MembersResponse)(nil),      // 3: lockd.v1.MembersResponse
-	(*SnapshotRequest)(nil),      // 4: lockd.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),        // 5: lockd.v1.SnapshotChunk
-	(*StatusRequest)(nil),        // 6: lockd.v1.StatusRequest
-	(*StatusResponse)(nil),       // 7: lockd.v1.StatusResponse
-	(*Member)(nil),               // 8: lockd.v1.Member
-	(*Progress)(nil),             // 9: lockd.v1.Progress
+	(*TransferLeaderRequest)(nil),  // 0: lockd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 1: lockd.v1.TransferLeaderResponse
+	(*AddMemberRequest)(nil),       // 2: lockd.v1.AddMemberRequest
+	(*PromoteMemberRequest)(nil),   // 3: lockd.v1.PromoteMemberRequest
+	(*RemoveMemberRequest)(nil),    // 4: lockd.v1.RemoveMemberRequest
+	(*MembersResponse)(nil),        // 5: lockd.v1.MembersResponse
+	(*SnapshotRequest)(nil),        // 6: lockd.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),          // 7: lockd.v1.SnapshotChunk
+	(*StatusRequest)(nil),          // 8: lockd.v1.StatusRequest
+	(*StatusResponse)(nil),         // 9: lockd.v1.StatusResponse
+	(*Member)(nil),                 // 10: lockd.v1.Member
+	(*Progress)(nil),               // 11: lockd.v1.Progress
 }
 var file_lockd_v1_cluster_proto_depIdxs = []int32{
-	8, // 0: lockd.v1.MembersResponse.members:type_name -> lockd.v1.Member
-	8, // 1: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
-	9, // 2: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
-	6, // 3: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
-	4, // 4: lockd.v1.ClusterService.Snapshot:input_type -> lockd.v1.SnapshotRequest
-	0, // 5: lockd.v1.ClusterService.AddMember:input_type -> lockd.v1.AddMemberRequest
-	1, // 6: lockd.v1.ClusterService.PromoteMember:input_type -> lockd.v1.PromoteMemberRequest
-	2, // 7: lockd.v1.ClusterService.RemoveMember:input_type -> lockd.v1.RemoveMemberRequest
-	7, // 8: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
-	5, // 9: lockd.v1.ClusterService.Snapshot:output_type -> lockd.v1.SnapshotChunk
-	3, // 10: lockd.v1.ClusterService.AddMember:output_type -> lockd.v1.MembersResponse
-	3, // 11: lockd.v1.ClusterService.PromoteMember:output_type -> lockd.v1.MembersResponse
-	3, // 12: lockd.v1.ClusterService.RemoveMember:output_type -> lockd.v1.MembersResponse
-	8, // [8:13] is the sub-list for method output_type
-	3, // [3:8] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	10, // 0: lockd.v1.MembersResponse.members:type_name -> lockd.v1.Member
+	10, // 1: lockd.v1.StatusResponse.members:type_name -> lockd.v1.Member
+	11, // 2: lockd.v1.Member.progress:type_name -> lockd.v1.Progress
+	8,  // 3: lockd.v1.ClusterService.Status:input_type -> lockd.v1.StatusRequest
+	6,  // 4: lockd.v1.ClusterService.Snapshot:input_type -> lockd.v1.SnapshotRequest
+	2,  // 5: lockd.v1.ClusterService.AddMember:input_type -> lockd.v1.AddMemberRequest
+	3,  // 6: lockd.v1.ClusterService.PromoteMember:input_type -> lockd.v1.PromoteMemberRequest
+	4,  // 7: lockd.v1.ClusterService.RemoveMember:input_type -> lockd.v1.RemoveMemberRequest
+	0,  // 8: lockd.v1.ClusterService.TransferLeader:input_type -> lockd.v1.TransferLeaderRequest
+	9,  // 9: lockd.v1.ClusterService.Status:output_type -> lockd.v1.StatusResponse
+	7,  // 10: lockd.v1.ClusterService.Snapshot:output_type -> lockd.v1.SnapshotChunk
+	5,  // 11: lockd.v1.ClusterService.AddMember:output_type -> lockd.v1.MembersResponse
+	5,  // 12: lockd.v1.ClusterService.PromoteMember:output_type -> lockd.v1.MembersResponse
+	5,  // 13: lockd.v1.ClusterService.RemoveMember:output_type -> lockd.v1.MembersResponse
+	1,  // 14: lockd.v1.ClusterService.TransferLeader:output_type -> lockd.v1.TransferLeaderResponse
+	9,  // [9:15] is the sub-list for method output_type
+	3,  // [3:9] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_cluster_proto_init() }
@@ -781,7 +879,7 @@ func file_lockd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_cluster_proto_rawDesc), len(file_lockd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

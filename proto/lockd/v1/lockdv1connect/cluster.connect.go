@@ -46,6 +46,9 @@ const (
 	// ClusterServiceRemoveMemberProcedure is the fully-qualified name of the ClusterService's
 	// RemoveMember RPC.
 	ClusterServiceRemoveMemberProcedure = "/lockd.v1.ClusterService/RemoveMember"
+	// ClusterServiceTransferLeaderProcedure is the fully-qualified name of the ClusterService's
+	// TransferLeader RPC.
+	ClusterServiceTransferLeaderProcedure = "/lockd.v1.ClusterService/TransferLeader"
 )
 
 // ClusterServiceClient is a client for the lockd.v1.ClusterService service.
@@ -69,6 +72,10 @@ type ClusterServiceClient interface {
 	// RemoveMember removes a member; the removed node stops serving. The last
 	// voter cannot be removed.
 	RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// TransferLeader hands raft leadership to the voter name (to the most
+	// up-to-date voter if name is empty) and returns once it has moved, for
+	// maintenance of the leader's machine.
+	TransferLeader(context.Context, *connect.Request[v1.TransferLeaderRequest]) (*connect.Response[v1.TransferLeaderResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the lockd.v1.ClusterService service. By default,
@@ -114,16 +121,23 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("RemoveMember")),
 			connect.WithClientOptions(opts...),
 		),
+		transferLeader: connect.NewClient[v1.TransferLeaderRequest, v1.TransferLeaderResponse](
+			httpClient,
+			baseURL+ClusterServiceTransferLeaderProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("TransferLeader")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	status        *connect.Client[v1.StatusRequest, v1.StatusResponse]
-	snapshot      *connect.Client[v1.SnapshotRequest, v1.SnapshotChunk]
-	addMember     *connect.Client[v1.AddMemberRequest, v1.MembersResponse]
-	promoteMember *connect.Client[v1.PromoteMemberRequest, v1.MembersResponse]
-	removeMember  *connect.Client[v1.RemoveMemberRequest, v1.MembersResponse]
+	status         *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	snapshot       *connect.Client[v1.SnapshotRequest, v1.SnapshotChunk]
+	addMember      *connect.Client[v1.AddMemberRequest, v1.MembersResponse]
+	promoteMember  *connect.Client[v1.PromoteMemberRequest, v1.MembersResponse]
+	removeMember   *connect.Client[v1.RemoveMemberRequest, v1.MembersResponse]
+	transferLeader *connect.Client[v1.TransferLeaderRequest, v1.TransferLeaderResponse]
 }
 
 // Status calls lockd.v1.ClusterService.Status.
@@ -151,6 +165,11 @@ func (c *clusterServiceClient) RemoveMember(ctx context.Context, req *connect.Re
 	return c.removeMember.CallUnary(ctx, req)
 }
 
+// TransferLeader calls lockd.v1.ClusterService.TransferLeader.
+func (c *clusterServiceClient) TransferLeader(ctx context.Context, req *connect.Request[v1.TransferLeaderRequest]) (*connect.Response[v1.TransferLeaderResponse], error) {
+	return c.transferLeader.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the lockd.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status reports this node's view of the cluster. It is answered locally,
@@ -172,6 +191,10 @@ type ClusterServiceHandler interface {
 	// RemoveMember removes a member; the removed node stops serving. The last
 	// voter cannot be removed.
 	RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error)
+	// TransferLeader hands raft leadership to the voter name (to the most
+	// up-to-date voter if name is empty) and returns once it has moved, for
+	// maintenance of the leader's machine.
+	TransferLeader(context.Context, *connect.Request[v1.TransferLeaderRequest]) (*connect.Response[v1.TransferLeaderResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -213,6 +236,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("RemoveMember")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceTransferLeaderHandler := connect.NewUnaryHandler(
+		ClusterServiceTransferLeaderProcedure,
+		svc.TransferLeader,
+		connect.WithSchema(clusterServiceMethods.ByName("TransferLeader")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/lockd.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
@@ -225,6 +254,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServicePromoteMemberHandler.ServeHTTP(w, r)
 		case ClusterServiceRemoveMemberProcedure:
 			clusterServiceRemoveMemberHandler.ServeHTTP(w, r)
+		case ClusterServiceTransferLeaderProcedure:
+			clusterServiceTransferLeaderHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -252,4 +283,8 @@ func (UnimplementedClusterServiceHandler) PromoteMember(context.Context, *connec
 
 func (UnimplementedClusterServiceHandler) RemoveMember(context.Context, *connect.Request[v1.RemoveMemberRequest]) (*connect.Response[v1.MembersResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.RemoveMember is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) TransferLeader(context.Context, *connect.Request[v1.TransferLeaderRequest]) (*connect.Response[v1.TransferLeaderResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.ClusterService.TransferLeader is not implemented"))
 }
