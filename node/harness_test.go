@@ -251,6 +251,16 @@ func (c *testCluster) leader() *testNode {
 	return nil
 }
 
+// follower returns a node other than l.
+func (c *testCluster) follower(l *testNode) *testNode {
+	for _, tn := range c.nodes {
+		if tn != l {
+			return tn
+		}
+	}
+	return nil
+}
+
 // waitLeader waits until a live node is leader and every live node agrees.
 func (c *testCluster) waitLeader(timeout time.Duration) *testNode {
 	c.t.Helper()

@@ -71,13 +71,7 @@ func TestProposeWithoutQuorumFails(t *testing.T) {
 func TestFollowerProposesAndReads(t *testing.T) {
 	c := newTestCluster(t, 3, nil, nil)
 	l := c.waitLeader(5 * time.Second)
-	var f *testNode
-	for _, tn := range c.nodes {
-		if tn != l {
-			f = tn
-			break
-		}
-	}
+	f := c.follower(l)
 	ctx := context.Background()
 	for op := uint64(1); op <= 50; op++ {
 		if err := propose(ctx, f.current(), op); err != nil {
@@ -100,13 +94,7 @@ func TestFollowerProposesAndReads(t *testing.T) {
 func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
 	c := newTestCluster(t, 3, nil, func(cfg *Config) { cfg.SnapshotEntries = 100; cfg.CompactionMargin = 20 })
 	l := c.waitLeader(5 * time.Second)
-	var lag *testNode
-	for _, tn := range c.nodes {
-		if tn != l {
-			lag = tn
-			break
-		}
-	}
+	lag := c.follower(l)
 	c.crash(lag)
 	ctx := context.Background()
 	for op := uint64(1); op <= 500; op++ {
@@ -159,13 +147,7 @@ func TestForwardedProposalFailsWhenLeaderGoes(t *testing.T) {
 	faults := newNetFaults(1)
 	c := newTestCluster(t, 3, faults, nil)
 	l := c.waitLeader(5 * time.Second)
-	var f *testNode
-	for _, tn := range c.nodes {
-		if tn != l {
-			f = tn
-			break
-		}
-	}
+	f := c.follower(l)
 	// The follower's messages to the leader are lost: the forwarded
 	// proposal never arrives. Then the leader dies.
 	faults.mu.Lock()

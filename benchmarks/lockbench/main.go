@@ -166,6 +166,19 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 	var res result
 	start := time.Now()
 	done := func() bool { return ctx.Err() != nil || ops.Load() >= maxOps }
+	failed := func(err error) {
+		errs.Add(1)
+		sample(err)
+	}
+	// unlock ends one operation: the lock, then its release.
+	unlock := func(m mutex) {
+		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.unlock(uctx); err != nil {
+			failed(err)
+		}
+		ops.Add(1)
+	}
 
 	sessions := make([]session, c)
 	if workload != "sessions" {
@@ -203,8 +216,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					ac()
 					if err != nil {
 						if ctx.Err() == nil { // not the end of the run
-							errs.Add(1)
-							sample(err)
+							failed(err)
 						}
 						continue
 					}
@@ -213,13 +225,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					if g := now - lastOK.Swap(now); g > gap.Load() {
 						gap.Store(g)
 					}
-					uctx, uc := context.WithTimeout(context.Background(), 5*time.Second)
-					if err := m.unlock(uctx); err != nil {
-						errs.Add(1)
-						sample(err)
-					}
-					uc()
-					ops.Add(1)
+					unlock(m)
 				}
 			}()
 		}
@@ -244,8 +250,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					err := m.lock(ctx)
 					if err != nil {
 						if ctx.Err() == nil {
-							errs.Add(1)
-							sample(err)
+							failed(err)
 						}
 						continue
 					}
@@ -254,13 +259,7 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 					mu.Lock()
 					grants = append(grants, grant{t0, got, m.token()})
 					mu.Unlock()
-					uctx, uc := context.WithTimeout(context.Background(), 5*time.Second)
-					if err := m.unlock(uctx); err != nil {
-						errs.Add(1)
-						sample(err)
-					}
-					uc()
-					ops.Add(1)
+					unlock(m)
 				}
 			}()
 		}

@@ -36,7 +36,7 @@ func startInstances(t testing.TB, size int) []*instance {
 func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) []*instance {
 	t.Helper()
 	addrs := freeAddrs(t, size)
-	initial, peers := initialCluster(t, addrs)
+	initial, peers := initialCluster(t, "n", addrs)
 	base := t.TempDir()
 	var out []*instance
 	for i, a := range addrs {
@@ -63,13 +63,23 @@ func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) 
 	return out
 }
 
-// initialCluster names the nodes at addrs n1, n2, … and returns the
-// --initial-cluster value and its parsed peers.
-func initialCluster(t testing.TB, addrs []string) (string, []node.Peer) {
+// followerOf returns a node of ins other than leader.
+func followerOf(ins []*instance, leader *instance) *instance {
+	for _, in := range ins {
+		if in != leader {
+			return in
+		}
+	}
+	return nil
+}
+
+// initialCluster names the nodes at addrs prefix1, prefix2, … and returns
+// the --initial-cluster value and its parsed peers.
+func initialCluster(t testing.TB, prefix string, addrs []string) (string, []node.Peer) {
 	t.Helper()
 	var initial []string
 	for i, a := range addrs {
-		initial = append(initial, fmt.Sprintf("n%d=http://%s", i+1, a))
+		initial = append(initial, fmt.Sprintf("%s%d=http://%s", prefix, i+1, a))
 	}
 	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
 	if err != nil {
@@ -548,13 +558,7 @@ func TestAPILeaseExpiryAndEvents(t *testing.T) {
 // too, and tells which leases it does not know.
 func TestAPIKeepAliveMany(t *testing.T) {
 	ins := startInstances(t, 3)
-	leader := waitLeader(t, ins)
-	var follower *instance
-	for _, in := range ins {
-		if in != leader {
-			follower = in
-		}
-	}
+	follower := followerOf(ins, waitLeader(t, ins))
 	c := newClients(follower.url())
 	a := grant(t, c, 600*time.Millisecond, "a")
 	b := grant(t, c, 600*time.Millisecond, "b")
@@ -584,13 +588,7 @@ func TestAPIKeepAliveMany(t *testing.T) {
 
 func TestAPIKeepAliveOnFollowerReachesLeader(t *testing.T) {
 	ins := startInstances(t, 3)
-	leader := waitLeader(t, ins)
-	var follower *instance
-	for _, in := range ins {
-		if in != leader {
-			follower = in
-		}
-	}
+	follower := followerOf(ins, waitLeader(t, ins))
 	c := newClients(follower.url())
 	id := grant(t, c, 600*time.Millisecond, "kept")
 	for range 10 {

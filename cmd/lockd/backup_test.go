@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/lockd-io/lockd/node"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -88,15 +87,7 @@ func TestSnapshotSaveRestore(t *testing.T) {
 
 	// Restore into a new cluster of three other members.
 	addrs := freeAddrs(t, 3)
-	var initial []string
-	for i, a := range addrs {
-		initial = append(initial, fmt.Sprintf("r%d=http://%s", i+1, a))
-	}
-	cluster := strings.Join(initial, ",")
-	peers, err := node.ParseInitialCluster(cluster)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster, peers := initialCluster(t, "r", addrs)
 	var restored []*instance
 	for i, a := range addrs {
 		dataDir := filepath.Join(dir, fmt.Sprintf("r%d", i+1))

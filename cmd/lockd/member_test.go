@@ -104,7 +104,7 @@ func (mc *memberCluster) voters() int {
 func TestMembershipGrowShrink(t *testing.T) {
 	mc := &memberCluster{t: t, base: t.TempDir(), ins: map[string]*instance{}}
 	addrs := freeAddrs(t, 3)
-	initial, peers := initialCluster(t, addrs)
+	initial, peers := initialCluster(t, "n", addrs)
 	for i, a := range addrs {
 		c := mc.config(fmt.Sprintf("n%d", i+1), a)
 		c.initialCluster = initial
