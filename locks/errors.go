@@ -24,6 +24,8 @@ const (
 	// Aborted: the request was cancelled by its request id (its caller gave
 	// up, or the server could not learn its outcome); retry with a new one.
 	Aborted
+	// Denied: the command names a lease of another principal.
+	Denied
 )
 
 func (c Code) String() string {
@@ -42,6 +44,8 @@ func (c Code) String() string {
 		return "quota"
 	case Aborted:
 		return "aborted"
+	case Denied:
+		return "denied"
 	default:
 		return fmt.Sprintf("code(%d)", int32(c))
 	}

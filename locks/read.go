@@ -43,6 +43,7 @@ type LeaseInfo struct {
 	ID         uint64
 	TTL        time.Duration
 	Owner      string
+	Principal  string // who granted it; "" without authentication
 	GrantedRev uint64
 	Held       []HolderRef
 	Waiting    []string
@@ -141,7 +142,7 @@ func (t *Table) lease(id uint64) (LeaseInfo, bool) {
 	if !ok {
 		return LeaseInfo{}, false
 	}
-	info := LeaseInfo{ID: l.id, TTL: l.ttl, Owner: l.owner, GrantedRev: l.grantedRev}
+	info := LeaseInfo{ID: l.id, TTL: l.ttl, Owner: l.owner, Principal: l.principal, GrantedRev: l.grantedRev}
 	for _, n := range sortedKeys(l.holds) {
 		h := l.holds[n]
 		info.Held = append(info.Held, HolderRef{Name: n, Token: h.token, Mode: h.mode})
@@ -253,4 +254,15 @@ func (t *Table) Namespaces() map[string]NamespaceStats {
 		out[ns] = s
 	}
 	return out
+}
+
+// LeasePrincipal is the principal that granted a lease.
+func (t *Table) LeasePrincipal(id uint64) (principal string, ok bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	l, ok := t.leases[id]
+	if !ok {
+		return "", false
+	}
+	return l.principal, true
 }

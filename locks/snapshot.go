@@ -34,7 +34,7 @@ func (t *Table) Snapshot() ([]byte, error) {
 	var pl statev1.Lease
 	for _, id := range ids {
 		l := t.leases[id]
-		pl = statev1.Lease{Id: l.id, TtlMs: l.ttl.Milliseconds(), Owner: l.owner, GrantedRevision: l.grantedRev, Dedup: l.dedup}
+		pl = statev1.Lease{Id: l.id, TtlMs: l.ttl.Milliseconds(), Owner: l.owner, GrantedRevision: l.grantedRev, Dedup: l.dedup, Principal: l.principal}
 		if err := e.message(3, &pl); err != nil {
 			return nil, err
 		}
@@ -99,7 +99,7 @@ func (t *Table) Restore(data []byte) error {
 	n := NewTable()
 	n.rev, n.term = s.GetRevision(), s.GetTerm()
 	for _, pl := range s.GetLeases() {
-		n.leases[pl.GetId()] = &lease{id: pl.GetId(), ttl: time.Duration(pl.GetTtlMs()) * time.Millisecond, owner: pl.GetOwner(),
+		n.leases[pl.GetId()] = &lease{id: pl.GetId(), ttl: time.Duration(pl.GetTtlMs()) * time.Millisecond, owner: pl.GetOwner(), principal: pl.GetPrincipal(),
 			grantedRev: pl.GetGrantedRevision(), holds: map[string]*holder{}, waits: map[uint64]*waiter{}, dedup: pl.GetDedup()}
 	}
 	for _, pw := range s.GetWaiters() {

@@ -42,6 +42,7 @@ type lease struct {
 	id         uint64
 	ttl        time.Duration
 	owner      string
+	principal  string // who granted it (a token's name), "" without authentication
 	grantedRev uint64
 	holds      map[string]*holder // by lock name
 	waits      map[uint64]*waiter // by waiter id
@@ -136,8 +137,11 @@ func (t *Table) apply(data []byte) *Result {
 	now := cmd.GetProposedUnixNano()
 	switch op := cmd.GetOp().(type) {
 	case *statev1.Command_GrantLease:
-		return t.grantLease(op.GrantLease)
+		return t.grantLease(op.GrantLease, cmd.GetPrincipal())
 	case *statev1.Command_RevokeLease:
+		if err := t.mayUse(cmd, op.RevokeLease.GetLeaseId()); err != nil {
+			return &Result{Err: err}
+		}
 		return t.endLease(op.RevokeLease.GetLeaseId(), "revoked", now)
 	case *statev1.Command_ExpireLease:
 		if op.ExpireLease.GetTerm() < t.term {
@@ -148,14 +152,17 @@ func (t *Table) apply(data []byte) *Result {
 		return t.endLease(op.ExpireLease.GetLeaseId(), "expired", now)
 	case *statev1.Command_Acquire:
 		a := op.Acquire
-		return t.dedup(a.GetLeaseId(), a.GetRequestId(), func(l *lease) *Result { return t.acquire(l, a) })
+		return t.dedup(cmd, a.GetLeaseId(), a.GetRequestId(), func(l *lease) *Result { return t.acquire(l, a) })
 	case *statev1.Command_Release:
 		r := op.Release
-		return t.dedup(r.GetLeaseId(), r.GetRequestId(), func(l *lease) *Result { return t.release(l, r) })
+		return t.dedup(cmd, r.GetLeaseId(), r.GetRequestId(), func(l *lease) *Result { return t.release(l, r) })
 	case *statev1.Command_SetValue:
 		s := op.SetValue
-		return t.dedup(s.GetLeaseId(), s.GetRequestId(), func(l *lease) *Result { return t.setValue(l, s) })
+		return t.dedup(cmd, s.GetLeaseId(), s.GetRequestId(), func(l *lease) *Result { return t.setValue(l, s) })
 	case *statev1.Command_Cancel:
+		if err := t.mayUse(cmd, op.Cancel.GetLeaseId()); err != nil {
+			return &Result{Err: err}
+		}
 		return t.cancel(op.Cancel)
 	case *statev1.Command_ForceRelease:
 		return t.forceRelease(op.ForceRelease, now)
@@ -166,12 +173,29 @@ func (t *Table) apply(data []byte) *Result {
 	}
 }
 
+// mayUse refuses a command that names a lease granted to another
+// principal, unless it comes from an admin or from a cluster without
+// authentication. An unknown lease passes: the command itself reports it.
+func (t *Table) mayUse(cmd *statev1.Command, leaseID uint64) *Error {
+	p := cmd.GetPrincipal()
+	if p == "" || cmd.GetAdmin() {
+		return nil
+	}
+	if l, ok := t.leases[leaseID]; ok && l.principal != p {
+		return errorf(Denied, "lease %d belongs to another principal", leaseID)
+	}
+	return nil
+}
+
 // dedup runs a lease's request once: a request id seen before returns the
 // result it got the first time and changes nothing.
-func (t *Table) dedup(leaseID, requestID uint64, run func(*lease) *Result) *Result {
+func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, run func(*lease) *Result) *Result {
 	l, ok := t.leases[leaseID]
 	if !ok {
 		return &Result{Err: errorf(NotFound, "lease %d not found (it never existed, was revoked or expired)", leaseID)}
+	}
+	if err := t.mayUse(cmd, leaseID); err != nil {
+		return &Result{Err: err}
 	}
 	if requestID != 0 {
 		for _, d := range l.dedup {
@@ -206,7 +230,7 @@ func (t *Table) emit(e Event) {
 	t.events = append(t.events, e)
 }
 
-func (t *Table) grantLease(g *statev1.GrantLease) *Result {
+func (t *Table) grantLease(g *statev1.GrantLease, principal string) *Result {
 	// Check the milliseconds before converting them: a huge count would
 	// overflow the Duration and could wrap around into the valid range.
 	ms := g.GetTtlMs()
@@ -217,12 +241,14 @@ func (t *Table) grantLease(g *statev1.GrantLease) *Result {
 		return &Result{Err: errorf(Invalid, "lease TTL of %d ms exceeds the limit of %v", ms, MaxTTL)}
 	case len(g.GetOwner()) > MaxOwnerBytes:
 		return &Result{Err: errorf(Invalid, "owner label is %d bytes, more than the limit of %d", len(g.GetOwner()), MaxOwnerBytes)}
+	case len(principal) > MaxOwnerBytes:
+		return &Result{Err: errorf(Invalid, "principal is %d bytes, more than the limit of %d", len(principal), MaxOwnerBytes)}
 	case len(t.leases) >= MaxLeases:
 		return &Result{Err: errorf(Quota, "the table holds %d leases, its limit", MaxLeases)}
 	}
 	ttl := time.Duration(ms) * time.Millisecond
 	id := t.next()
-	t.leases[id] = &lease{id: id, ttl: ttl, owner: g.GetOwner(), grantedRev: id, holds: map[string]*holder{}, waits: map[uint64]*waiter{}}
+	t.leases[id] = &lease{id: id, ttl: ttl, owner: g.GetOwner(), principal: principal, grantedRev: id, holds: map[string]*holder{}, waits: map[uint64]*waiter{}}
 	t.emit(Event{Type: LeaseGranted, LeaseID: id, TTL: ttl})
 	return &Result{Revision: id, LeaseID: id}
 }

@@ -264,7 +264,7 @@ func TestValidateName(t *testing.T) {
 }
 
 func TestCodeStrings(t *testing.T) {
-	for c, want := range map[Code]string{OK: "ok", Invalid: "invalid", NotFound: "not found", NotHolder: "not holder", Conflict: "conflict", Quota: "quota", 42: "code(42)"} {
+	for c, want := range map[Code]string{OK: "ok", Invalid: "invalid", NotFound: "not found", NotHolder: "not holder", Conflict: "conflict", Quota: "quota", Aborted: "aborted", Denied: "denied", 42: "code(42)"} {
 		if got := c.String(); got != want {
 			t.Errorf("Code(%d).String() = %q, want %q", int32(c), got, want)
 		}

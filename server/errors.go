@@ -38,6 +38,7 @@ var codes = map[locks.Code]connect.Code{
 	locks.Conflict:  connect.CodeFailedPrecondition,
 	locks.Quota:     connect.CodeResourceExhausted,
 	locks.Aborted:   connect.CodeAborted,
+	locks.Denied:    connect.CodePermissionDenied,
 }
 
 // toConnect maps a domain error to the Connect error a client sees. This is

@@ -51,6 +51,9 @@ func (h *leaseHandler) KeepAlive(ctx context.Context, req *connect.Request[lockd
 	if id == 0 {
 		return nil, invalid("lease_id is required")
 	}
+	if err := h.s.mayUseLeases(ctx, id); err != nil {
+		return nil, err
+	}
 	ttl, leader, found, err := h.s.keeper.keepAlive(ctx, id)
 	switch {
 	case err != nil:
@@ -76,6 +79,9 @@ func (h *leaseHandler) KeepAliveMany(ctx context.Context, req *connect.Request[l
 	case slices.Contains(ids, 0):
 		return nil, invalid("lease_ids contains 0, which is no lease")
 	}
+	if err := h.s.mayUseLeases(ctx, ids...); err != nil {
+		return nil, err
+	}
 	ttls, leader, err := h.s.keeper.keepAliveMany(ctx, ids)
 	switch {
 	case err != nil:
@@ -85,9 +91,7 @@ func (h *leaseHandler) KeepAliveMany(ctx context.Context, req *connect.Request[l
 		if err != nil {
 			return nil, err
 		}
-		fwd := connect.NewRequest(req.Msg)
-		fwd.Header().Set(forwardedHeader, "1")
-		resp, err := c.KeepAliveMany(ctx, fwd)
+		resp, err := c.KeepAliveMany(ctx, forwarded(req))
 		if err != nil {
 			return nil, h.forwardError(err)
 		}
@@ -110,13 +114,22 @@ func (h *leaseHandler) forward(ctx context.Context, req *connect.Request[lockdv1
 	if err != nil {
 		return nil, err
 	}
-	fwd := connect.NewRequest(req.Msg)
-	fwd.Header().Set(forwardedHeader, "1")
-	resp, err := c.KeepAlive(ctx, fwd)
+	resp, err := c.KeepAlive(ctx, forwarded(req))
 	if err != nil {
 		return nil, h.forwardError(err)
 	}
 	return connect.NewResponse(resp.Msg), nil
+}
+
+// forwarded is a copy of req for the leader. It carries the caller's
+// token, so that the leader judges the caller, not this node.
+func forwarded[T any](req *connect.Request[T]) *connect.Request[T] {
+	fwd := connect.NewRequest(req.Msg)
+	fwd.Header().Set(forwardedHeader, "1")
+	if a := req.Header().Get("Authorization"); a != "" {
+		fwd.Header().Set("Authorization", a)
+	}
+	return fwd
 }
 
 // leaderClient is a client of the leader's lease service, for a request
@@ -166,11 +179,14 @@ func (h *leaseHandler) Get(ctx context.Context, req *connect.Request[lockdv1.Get
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", req.Msg.GetLeaseId()))
 	}
+	if err := h.s.mayUseLeases(ctx, info.ID); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(&lockdv1.GetLeaseResponse{Lease: leaseProto(info)}), nil
 }
 
 func leaseProto(info locks.LeaseInfo) *lockdv1.Lease {
-	l := &lockdv1.Lease{Id: info.ID, Ttl: durationpb.New(info.TTL), Owner: info.Owner, GrantedRevision: info.GrantedRev, Waiting: info.Waiting}
+	l := &lockdv1.Lease{Id: info.ID, Ttl: durationpb.New(info.TTL), Owner: info.Owner, GrantedRevision: info.GrantedRev, Waiting: info.Waiting, Principal: info.Principal}
 	for _, g := range info.Held {
 		l.Held = append(l.Held, &lockdv1.Grant{Name: g.Name, Token: g.Token, Mode: modeOf(g.Mode)})
 	}
@@ -196,8 +212,11 @@ func (h *leaseHandler) List(ctx context.Context, req *connect.Request[lockdv1.Li
 	}
 	infos, more := h.s.table.Leases(after, limit)
 	resp := &lockdv1.ListLeasesResponse{}
+	p := principalFrom(ctx)
 	for _, info := range infos {
-		resp.Leases = append(resp.Leases, leaseProto(info))
+		if p == nil || p.Role == RoleAdmin || info.Principal == p.Name {
+			resp.Leases = append(resp.Leases, leaseProto(info))
+		}
 	}
 	if more {
 		resp.NextPageToken = strconv.FormatUint(infos[len(infos)-1].ID, 10)
@@ -221,6 +240,9 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	info, floor, ok := h.s.table.LeaseAt(id)
 	if !ok {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("lease %d not found", id))
+	}
+	if err := h.s.mayUseLeases(ctx, id); err != nil {
+		return err
 	}
 	if err := stream.Send(nil); err != nil { // headers now; see Watch
 		return err

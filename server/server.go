@@ -62,6 +62,12 @@ type Config struct {
 	// Audit, when set, gets one line per grant, release, expiry and force
 	// release applied on this node.
 	Audit *zerolog.Logger
+	// Security decides who may call what; the zero value lets everyone do
+	// everything.
+	Security Security
+	// HTTPClient reaches the other members' APIs (to forward keep-alives
+	// to the leader). Default: plain HTTP/2 (h2c).
+	HTTPClient *http.Client
 }
 
 // Server serves the lockd API.
@@ -94,8 +100,11 @@ func New(cfg Config) *Server {
 	if cfg.ProposeTimeout == 0 {
 		cfg.ProposeTimeout = 5 * time.Second
 	}
-	tr := &http.Transport{Protocols: new(http.Protocols)}
-	tr.Protocols.SetUnencryptedHTTP2(true)
+	if cfg.HTTPClient == nil {
+		tr := &http.Transport{Protocols: new(http.Protocols)}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		cfg.HTTPClient = &http.Client{Transport: tr}
+	}
 	s := &Server{
 		cfg:      cfg,
 		raft:     cfg.Raft,
@@ -103,7 +112,7 @@ func New(cfg Config) *Server {
 		hub:      newHub(),
 		log:      cfg.Logger,
 		forwards: map[string]lockdv1connect.LeaseServiceClient{},
-		hc:       &http.Client{Transport: tr},
+		hc:       cfg.HTTPClient,
 	}
 	s.metrics = newMetrics(cfg.Table, cfg.Metrics)
 	s.keeper = newKeeper(cfg.Raft, cfg.Table, cfg.Tick, cfg.Logger.With().Str("component", "keeper").Logger())
@@ -156,16 +165,18 @@ func (s *Server) Register(mux *http.ServeMux) {
 		// Answers are small: compressing them costs more CPU (a gzip
 		// writer's reset alone is ~20µs) than it saves on the wire.
 		connect.WithCompressMinBytes(compressMinBytes),
-		connect.WithInterceptors(s.metrics.interceptor()),
+		// Metrics first, so refused calls are counted too.
+		connect.WithInterceptors(s.metrics.interceptor(), authInterceptor{s}),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			s.log.Error().Str("procedure", spec.Procedure).Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s", spec.Procedure))
 		}),
 	}
-	mux.Handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: s.cfg.Cluster, s: s}, opts...))
-	mux.Handle(lockdv1connect.NewLeaseServiceHandler(&leaseHandler{s}, opts...))
-	mux.Handle(lockdv1connect.NewLockServiceHandler(&lockHandler{s}, opts...))
-	mux.Handle(lockdv1connect.NewElectionServiceHandler(&electionHandler{s}, opts...))
+	handle := func(path string, h http.Handler) { mux.Handle(path, withTLSState(h)) }
+	handle(lockdv1connect.NewClusterServiceHandler(&clusterHandler{cluster: s.cfg.Cluster, s: s}, opts...))
+	handle(lockdv1connect.NewLeaseServiceHandler(&leaseHandler{s}, opts...))
+	handle(lockdv1connect.NewLockServiceHandler(&lockHandler{s}, opts...))
+	handle(lockdv1connect.NewElectionServiceHandler(&electionHandler{s}, opts...))
 
 	services := []string{
 		lockdv1connect.ClusterServiceName,
@@ -183,6 +194,9 @@ func (s *Server) Register(mux *http.ServeMux) {
 // table rejected comes back as its *locks.Error.
 func (s *Server) propose(ctx context.Context, cmd *statev1.Command) (*locks.Result, error) {
 	cmd.ProposedUnixNano = time.Now().UnixNano()
+	if p := principalFrom(ctx); p != nil {
+		cmd.Principal, cmd.Admin = p.Name, p.Role == RoleAdmin
+	}
 	data, err := proto.Marshal(cmd)
 	if err != nil {
 		return nil, err

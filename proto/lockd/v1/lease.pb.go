@@ -682,6 +682,7 @@ func (x *GetLeaseResponse) GetLease() *Lease {
 	return nil
 }
 
+// A client token lists only its own leases.
 type ListLeasesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many leases (default 100, at most 1000).
@@ -807,7 +808,10 @@ type Lease struct {
 	// The locks the lease holds, with their tokens.
 	Held []*Grant `protobuf:"bytes,5,rep,name=held,proto3" json:"held,omitempty"`
 	// The locks the lease waits for.
-	Waiting       []string `protobuf:"bytes,6,rep,name=waiting,proto3" json:"waiting,omitempty"`
+	Waiting []string `protobuf:"bytes,6,rep,name=waiting,proto3" json:"waiting,omitempty"`
+	// The name of the token that granted the lease, on a cluster that
+	// authenticates callers. Only that token (or an admin's) may use it.
+	Principal     string `protobuf:"bytes,7,opt,name=principal,proto3" json:"principal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -882,6 +886,13 @@ func (x *Lease) GetWaiting() []string {
 		return x.Waiting
 	}
 	return nil
+}
+
+func (x *Lease) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
 }
 
 // Grant is one lock held by one lease.
@@ -1107,14 +1118,15 @@ const file_lockd_v1_lease_proto_rawDesc = "" +
 	"\fserializable\x18\x03 \x01(\bR\fserializable\"e\n" +
 	"\x12ListLeasesResponse\x12'\n" +
 	"\x06leases\x18\x01 \x03(\v2\x0f.lockd.v1.LeaseR\x06leases\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc4\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe2\x01\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12)\n" +
 	"\x10granted_revision\x18\x04 \x01(\x04R\x0fgrantedRevision\x12#\n" +
 	"\x04held\x18\x05 \x03(\v2\x0f.lockd.v1.GrantR\x04held\x12\x18\n" +
-	"\awaiting\x18\x06 \x03(\tR\awaiting\"U\n" +
+	"\awaiting\x18\x06 \x03(\tR\awaiting\x12\x1c\n" +
+	"\tprincipal\x18\a \x01(\tR\tprincipal\"U\n" +
 	"\x05Grant\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\"\n" +

@@ -32,6 +32,13 @@ type Command struct {
 	// The proposer's wall clock, in Unix nanoseconds. It only dates things for
 	// people (delayed_until); no decision depends on it.
 	ProposedUnixNano int64 `protobuf:"varint,1,opt,name=proposed_unix_nano,json=proposedUnixNano,proto3" json:"proposed_unix_nano,omitempty"`
+	// Who proposed the command, when the cluster authenticates callers: the
+	// name of the caller's token, "" without authentication. A lease records
+	// the principal that granted it, and a command naming a lease is refused
+	// unless it comes from that principal or from an admin.
+	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	// The caller may use any lease (an admin token).
+	Admin bool `protobuf:"varint,3,opt,name=admin,proto3" json:"admin,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_GrantLease
@@ -83,6 +90,20 @@ func (x *Command) GetProposedUnixNano() int64 {
 		return x.ProposedUnixNano
 	}
 	return 0
+}
+
+func (x *Command) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *Command) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -1003,8 +1024,11 @@ type Lease struct {
 	Owner           string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
 	GrantedRevision uint64                 `protobuf:"varint,4,opt,name=granted_revision,json=grantedRevision,proto3" json:"granted_revision,omitempty"`
 	Dedup           []*Dedup               `protobuf:"bytes,5,rep,name=dedup,proto3" json:"dedup,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The principal (token name) that granted the lease; "" without
+	// authentication.
+	Principal     string `protobuf:"bytes,6,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
@@ -1070,6 +1094,13 @@ func (x *Lease) GetDedup() []*Dedup {
 		return x.Dedup
 	}
 	return nil
+}
+
+func (x *Lease) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
 }
 
 type Dedup struct {
@@ -1389,9 +1420,11 @@ var File_lockd_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1alockd/state/v1/state.proto\x12\x0elockd.state.v1\"\xd3\x04\n" +
+	"\x1alockd/state/v1/state.proto\x12\x0elockd.state.v1\"\x87\x05\n" +
 	"\aCommand\x12,\n" +
-	"\x12proposed_unix_nano\x18\x01 \x01(\x03R\x10proposedUnixNano\x12=\n" +
+	"\x12proposed_unix_nano\x18\x01 \x01(\x03R\x10proposedUnixNano\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x14\n" +
+	"\x05admin\x18\x03 \x01(\bR\x05admin\x12=\n" +
 	"\vgrant_lease\x18\n" +
 	" \x01(\v2\x1a.lockd.state.v1.GrantLeaseH\x00R\n" +
 	"grantLease\x12@\n" +
@@ -1463,13 +1496,14 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12-\n" +
 	"\x06leases\x18\x03 \x03(\v2\x15.lockd.state.v1.LeaseR\x06leases\x12*\n" +
 	"\x05locks\x18\x04 \x03(\v2\x14.lockd.state.v1.LockR\x05locks\x120\n" +
-	"\awaiters\x18\x05 \x03(\v2\x16.lockd.state.v1.WaiterR\awaiters\"\x9c\x01\n" +
+	"\awaiters\x18\x05 \x03(\v2\x16.lockd.state.v1.WaiterR\awaiters\"\xba\x01\n" +
 	"\x05Lease\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12)\n" +
 	"\x10granted_revision\x18\x04 \x01(\x04R\x0fgrantedRevision\x12+\n" +
-	"\x05dedup\x18\x05 \x03(\v2\x15.lockd.state.v1.DedupR\x05dedup\"V\n" +
+	"\x05dedup\x18\x05 \x03(\v2\x15.lockd.state.v1.DedupR\x05dedup\x12\x1c\n" +
+	"\tprincipal\x18\x06 \x01(\tR\tprincipal\"V\n" +
 	"\x05Dedup\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12.\n" +
