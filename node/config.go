@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -55,6 +56,11 @@ type Config struct {
 	// Faults, when set, sees every outgoing peer batch and may drop or delay
 	// it. It exists for fault-injection tests; leave it nil in production.
 	Faults Faults
+	// PeerTLS, when set, is the client side of the TLS connections to the
+	// other members (https:// peer URLs): this member's certificate, which
+	// they check, and the CA that must have signed theirs. The server side
+	// is the caller's, which serves PeerHandler.
+	PeerTLS *tls.Config
 
 	Logger zerolog.Logger
 	// Metrics, when set, receives the node's Prometheus metrics (raft term,

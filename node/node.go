@@ -197,7 +197,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n.tr = newTransport(n.id, n.cluster, cfg.Faults, 2*cfg.ElectionTimeout, n.log.With().Str("component", "transport").Logger())
+	n.tr = newTransport(n.id, n.cluster, cfg.Faults, cfg.PeerTLS, 2*cfg.ElectionTimeout, n.log.With().Str("component", "transport").Logger())
 	n.tr.deliver = n.deliver
 	n.tr.unreachable = func(id uint64) { n.runAsync(func(rn *raft.RawNode) { rn.ReportUnreachable(id) }) }
 	n.tr.snapshotted = func(id uint64, st raft.SnapshotStatus) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -61,6 +62,7 @@ type Faults interface {
 type transport struct {
 	id, cluster  uint64
 	client       *http.Client
+	tls          *tls.Config // nil: plain TCP
 	faults       Faults
 	log          zerolog.Logger
 	writeTimeout time.Duration // a stream that cannot take a batch this long is torn down
@@ -87,13 +89,15 @@ type peerSender struct {
 	stop  context.CancelFunc
 }
 
-func newTransport(id, cluster uint64, faults Faults, writeTimeout time.Duration, log zerolog.Logger) *transport {
+func newTransport(id, cluster uint64, faults Faults, tlsConfig *tls.Config, writeTimeout time.Duration, log zerolog.Logger) *transport {
 	hc := &http.Transport{
 		Protocols:           new(http.Protocols),
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     time.Minute,
+		TLSClientConfig:     tlsConfig,
 	}
 	hc.Protocols.SetUnencryptedHTTP2(true)
+	hc.Protocols.SetHTTP2(true)
 	// Ping idle connections, so one to a peer that vanished (no reset, no
 	// FIN) is noticed in a few election timeouts rather than TCP's minutes.
 	hc.HTTP2 = &http.HTTP2Config{SendPingTimeout: writeTimeout, PingTimeout: writeTimeout}
@@ -104,6 +108,7 @@ func newTransport(id, cluster uint64, faults Faults, writeTimeout time.Duration,
 		id:           id,
 		cluster:      cluster,
 		client:       &http.Client{Transport: hc},
+		tls:          tlsConfig,
 		faults:       faults,
 		log:          log,
 		writeTimeout: writeTimeout,
@@ -272,10 +277,28 @@ func (p *peerSender) open() (*stream, error) {
 	}
 	host := u.Host
 	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), "80")
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
 	}
-	d := net.Dialer{Timeout: p.t.writeTimeout, KeepAliveConfig: peerKeepAlive}
-	conn, err := d.DialContext(p.ctx, "tcp", host)
+	d := &net.Dialer{Timeout: p.t.writeTimeout, KeepAliveConfig: peerKeepAlive}
+	var conn net.Conn
+	switch {
+	case u.Scheme == "https" && p.t.tls != nil:
+		// HTTP/1.1 by ALPN: the stream is an upgraded HTTP/1.1 request.
+		cfg := p.t.tls.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		td := tls.Dialer{NetDialer: d, Config: cfg}
+		conn, err = td.DialContext(p.ctx, "tcp", host)
+	case u.Scheme == "https":
+		err = fmt.Errorf("peer URL %s is https, but this member has no TLS configuration", p.url)
+	case p.t.tls != nil:
+		err = fmt.Errorf("peer URL %s is plain http; a member with TLS talks to its peers only over TLS", p.url)
+	default:
+		conn, err = d.DialContext(p.ctx, "tcp", host)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -345,6 +368,10 @@ func (p *peerSender) sendSnapshot(m *raftpb.Message) {
 		if drop || !sleepCtx(p.ctx, delay) {
 			return
 		}
+	}
+	if p.t.tls != nil && !strings.HasPrefix(p.url, "https://") {
+		p.t.log.Warn().Str("peer", p.url).Msg("not sending a snapshot in plain text from a member with TLS")
+		return
 	}
 	data, err := proto.Marshal(m)
 	if err != nil {
@@ -416,7 +443,11 @@ func (t *transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Time{}) // the server's header deadlines end here
-	if tc, ok := conn.(*net.TCPConn); ok {
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetKeepAliveConfig(peerKeepAlive)
 	}
 	// A stream lives as long as both nodes do; when this one stops,

@@ -22,7 +22,7 @@ import (
 // and once upgraded it delivers framed messages to the raft loop.
 func TestPeerStreamUpgrade(t *testing.T) {
 	const cluster = 0xc1
-	tr := newTransport(2, cluster, nil, time.Second, zerolog.Nop())
+	tr := newTransport(2, cluster, nil, nil, time.Second, zerolog.Nop())
 	defer tr.close()
 	got := make(chan *raftpb.Message, 1)
 	tr.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m; return nil }

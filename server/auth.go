@@ -66,15 +66,6 @@ func (p *Principal) mayName(name string) bool {
 	return false
 }
 
-// leaseScope is the principal the table holds the caller's commands to:
-// "" for a caller that may use any lease.
-func (p *Principal) leaseScope() (principal string, admin bool) {
-	if p == nil {
-		return "", false
-	}
-	return p.Name, p.Role == RoleAdmin
-}
-
 // Tokens is a table of bearer tokens, read from a file with one token a
 // line:
 //
@@ -172,9 +163,12 @@ func LoadTokens(path string) (*Tokens, error) {
 	return t, nil
 }
 
-// lookup finds the principal of a token. The table is keyed by the
+// Lookup finds the principal of a token. The table is keyed by the
 // token's hash, so the lookup's timing says nothing about the secrets.
-func (t *Tokens) lookup(token string) (*Principal, bool) {
+func (t *Tokens) Lookup(token string) (*Principal, bool) {
+	if t == nil {
+		return nil, false
+	}
 	p, ok := t.byHash[sha256.Sum256([]byte(token))]
 	return p, ok
 }
@@ -249,14 +243,14 @@ func (s *Server) authenticate(ctx context.Context, procedure string, header http
 	}
 	bearer, found := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
 	if !found || bearer == "" {
-		if member {
-			// One of the cluster's nodes (a forwarded keep-alive carries
-			// its caller's token and is judged by it instead).
+		if member && r.member {
+			// One of the cluster's nodes, asking for the status (a
+			// forwarded keep-alive carries its caller's token instead).
 			return ctx, &r, nil
 		}
 		return ctx, nil, denied("this cluster requires a bearer token (Authorization: Bearer …)")
 	}
-	p, ok := tokens.lookup(bearer)
+	p, ok := tokens.Lookup(bearer)
 	if !ok {
 		return ctx, nil, denied("unknown token")
 	}
@@ -321,6 +315,8 @@ func (s *Server) mayUseLeases(ctx context.Context, ids ...uint64) error {
 type rule struct {
 	// admin: the caller needs an admin token.
 	admin bool
+	// member: the cluster's own members may call it without a token.
+	member bool
 	// names lists the lock names a request touches; prefix says they are
 	// prefixes (every name under them). Nil for calls that touch no name,
 	// or only leases, which are checked by their principal.
@@ -330,7 +326,7 @@ type rule struct {
 func one(name string) ([]string, bool) { return []string{name}, false }
 
 var rules = map[string]rule{
-	lockdv1connect.ClusterServiceStatusProcedure:         {},
+	lockdv1connect.ClusterServiceStatusProcedure:         {member: true},
 	lockdv1connect.ClusterServiceSnapshotProcedure:       {admin: true},
 	lockdv1connect.ClusterServiceAddMemberProcedure:      {admin: true},
 	lockdv1connect.ClusterServicePromoteMemberProcedure:  {admin: true},

@@ -2,6 +2,7 @@ package lockd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -39,6 +40,7 @@ type endpoint struct {
 
 type options struct {
 	httpClient *http.Client
+	tls        *tls.Config
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	connect    []connect.ClientOption
@@ -63,6 +65,44 @@ func WithBackoff(min, max time.Duration) Option {
 	return optionFunc(func(o *options) { o.minBackoff, o.maxBackoff = min, max })
 }
 
+// WithTLS makes the client speak HTTPS, trusting the servers config trusts
+// (RootCAs) and presenting its certificate, if it has one, to clusters that
+// require client certificates. Endpoints given as host:port become
+// https://host:port. Ignored with WithHTTPClient, whose transport decides.
+func WithTLS(config *tls.Config) Option {
+	return optionFunc(func(o *options) { o.tls = config })
+}
+
+// WithToken sends a bearer token with every call, for clusters that
+// authenticate callers with tokens.
+func WithToken(token string) Option {
+	return optionFunc(func(o *options) {
+		o.connect = append(o.connect, connect.WithInterceptors(bearer("Bearer "+token)))
+	})
+}
+
+// bearer adds an Authorization header to every call.
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", string(b))
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
 // WithGRPC makes the client speak gRPC instead of the Connect protocol.
 func WithGRPC() Option {
 	return optionFunc(func(o *options) { o.connect = append(o.connect, connect.WithGRPC()) })
@@ -83,6 +123,7 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 		// stopped process, a dead host) is given up on within seconds and
 		// calls fail over, long polls included.
 		tr.HTTP2 = &http.HTTP2Config{SendPingTimeout: time.Second, PingTimeout: time.Second}
+		tr.TLSClientConfig = o.tls
 		o.httpClient = &http.Client{Transport: tr}
 	}
 	c := &Client{opts: o}
@@ -119,16 +160,20 @@ func (c *Client) refindLeader() {
 	}
 }
 
-func normalize(url string) string {
+func (c *Client) normalize(url string) string {
 	if !strings.Contains(url, "://") {
-		url = "http://" + url
+		if c.opts.tls != nil {
+			url = "https://" + url
+		} else {
+			url = "http://" + url
+		}
 	}
 	return strings.TrimRight(url, "/")
 }
 
 // add adds an endpoint (once) and returns its index.
 func (c *Client) add(url string) int {
-	url = normalize(url)
+	url = c.normalize(url)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, e := range c.endpoints {

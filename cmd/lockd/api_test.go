@@ -35,8 +35,19 @@ func startInstances(t testing.TB, size int) []*instance {
 // the peer faults faults(i) when faults is not nil.
 func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) []*instance {
 	t.Helper()
+	return startInstancesConfig(t, size, "http", func(i int, c *serveConfig) {
+		if faults != nil {
+			c.faults = faults(i)
+		}
+	})
+}
+
+// startInstancesConfig starts a cluster of in-process nodes whose URLs
+// have scheme, letting config adjust node i's configuration.
+func startInstancesConfig(t testing.TB, size int, scheme string, config func(i int, c *serveConfig)) []*instance {
+	t.Helper()
 	addrs := freeAddrs(t, size)
-	initial, peers := initialCluster(t, "n", addrs)
+	initial, peers := initialClusterScheme(t, scheme, "n", addrs)
 	base := t.TempDir()
 	var out []*instance
 	for i, a := range addrs {
@@ -48,10 +59,9 @@ func startInstancesWith(t testing.TB, size int, faults func(i int) node.Faults) 
 			heartbeat:       30 * time.Millisecond,
 			electionTimeout: testElection,
 			snapshotEntries: 10000,
+			advertise:       scheme + "://" + a,
 		}
-		if faults != nil {
-			c.faults = faults(i)
-		}
+		config(i, &c)
 		in, err := start(c, peers, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
@@ -77,9 +87,14 @@ func followerOf(ins []*instance, leader *instance) *instance {
 // the --initial-cluster value and its parsed peers.
 func initialCluster(t testing.TB, prefix string, addrs []string) (string, []node.Peer) {
 	t.Helper()
+	return initialClusterScheme(t, "http", prefix, addrs)
+}
+
+func initialClusterScheme(t testing.TB, scheme, prefix string, addrs []string) (string, []node.Peer) {
+	t.Helper()
 	var initial []string
 	for i, a := range addrs {
-		initial = append(initial, fmt.Sprintf("%s%d=http://%s", prefix, i+1, a))
+		initial = append(initial, fmt.Sprintf("%s%d=%s://%s", prefix, i+1, scheme, a))
 	}
 	peers, err := node.ParseInitialCluster(strings.Join(initial, ","))
 	if err != nil {
@@ -103,7 +118,12 @@ func waitLeader(t testing.TB, ins []*instance) *instance {
 	return nil
 }
 
-func (in *instance) url() string { return "http://" + in.ln.Addr().String() }
+func (in *instance) url() string {
+	if in.sec.tlsOn() {
+		return "https://" + in.ln.Addr().String()
+	}
+	return "http://" + in.ln.Addr().String()
+}
 
 // clients are the API's clients over one protocol.
 type clients struct {
@@ -126,11 +146,15 @@ var protocols = map[string][]connect.ClientOption{
 }
 
 func newClients(url string, opts ...connect.ClientOption) clients {
+	return newClientsHTTP(h2c, url, opts...)
+}
+
+func newClientsHTTP(hc *http.Client, url string, opts ...connect.ClientOption) clients {
 	return clients{
-		lease:    lockdv1connect.NewLeaseServiceClient(h2c, url, opts...),
-		lock:     lockdv1connect.NewLockServiceClient(h2c, url, opts...),
-		election: lockdv1connect.NewElectionServiceClient(h2c, url, opts...),
-		cluster:  lockdv1connect.NewClusterServiceClient(h2c, url, opts...),
+		lease:    lockdv1connect.NewLeaseServiceClient(hc, url, opts...),
+		lock:     lockdv1connect.NewLockServiceClient(hc, url, opts...),
+		election: lockdv1connect.NewElectionServiceClient(hc, url, opts...),
+		cluster:  lockdv1connect.NewClusterServiceClient(hc, url, opts...),
 	}
 }
 

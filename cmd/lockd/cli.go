@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -38,6 +39,9 @@ type clientFlags struct {
 	ttl       time.Duration
 	output    string
 	timeout   time.Duration
+
+	caFile, certFile, keyFile string
+	tokenFile                 string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
@@ -49,6 +53,10 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ttl, "ttl", lockd.DefaultTTL, "lease TTL")
 	fs.StringVar(&c.output, "output", "text", "text or json")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of each one-shot call")
+	fs.StringVar(&c.caFile, "ca-file", os.Getenv("LOCKD_CA_FILE"), "CA certificates (PEM) to trust the nodes' certificates by; turns TLS on (env LOCKD_CA_FILE)")
+	fs.StringVar(&c.certFile, "cert-file", os.Getenv("LOCKD_CERT_FILE"), "client certificate (PEM), for clusters that require one (env LOCKD_CERT_FILE)")
+	fs.StringVar(&c.keyFile, "key-file", os.Getenv("LOCKD_KEY_FILE"), "the private key of --cert-file (env LOCKD_KEY_FILE)")
+	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("LOCKD_TOKEN_FILE"), "file holding the bearer token to send (env LOCKD_TOKEN_FILE, or the token itself in LOCKD_TOKEN)")
 }
 
 func (c *clientFlags) validate() error {
@@ -62,7 +70,48 @@ func (c *clientFlags) validate() error {
 }
 
 func (c *clientFlags) client() (*lockd.Client, error) {
-	return lockd.New(strings.Split(c.endpoints, ","))
+	var opts []lockd.Option
+	if c.caFile != "" || c.certFile != "" {
+		cfg, err := c.tlsConfig()
+		if err != nil {
+			return nil, usageError{err}
+		}
+		opts = append(opts, lockd.WithTLS(cfg))
+	}
+	token := os.Getenv("LOCKD_TOKEN")
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--token-file: %w", err)}
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token != "" {
+		opts = append(opts, lockd.WithToken(token))
+	}
+	return lockd.New(strings.Split(c.endpoints, ","), opts...)
+}
+
+func (c *clientFlags) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.caFile != "" {
+		pool, _, err := loadCAs(c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		cfg.RootCAs = pool
+	}
+	if (c.certFile == "") != (c.keyFile == "") {
+		return nil, errors.New("--cert-file and --key-file go together")
+	}
+	if c.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // parseArgs parses flags given before or after the positional arguments;

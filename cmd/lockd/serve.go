@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -44,6 +46,7 @@ type serveConfig struct {
 	auditLog        string
 	memoryLimit     string
 	join            string
+	security        securityFlags
 
 	// faults, set only by in-process tests, replaces the fault injection
 	// of the build.
@@ -70,7 +73,12 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for leadership handover and requests in flight")
 	fs.StringVar(&c.auditLog, "audit-log", "", "append a JSON line per grant, release, lease end and force release to this file (- for stderr; default none)")
 	fs.StringVar(&c.memoryLimit, "memory-limit", "", "soft limit on the Go heap, such as 900MiB or 2GiB, that the garbage collector works to stay under (default: none, or $GOMEMLIMIT)")
-	fs.BoolVar(&c.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (unauthenticated: only on trusted networks)")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (with --token-file it needs an admin token; without, use it only on trusted networks)")
+	fs.StringVar(&c.security.certFile, "cert-file", "", "this node's TLS certificate (PEM), served to clients and peers and shown to peers; turns TLS on (URLs become https://)")
+	fs.StringVar(&c.security.keyFile, "key-file", "", "the private key of --cert-file (PEM)")
+	fs.StringVar(&c.security.peerCAFile, "peer-ca-file", "", "CA certificates (PEM) that sign the members' certificates: only their holders may send raft traffic")
+	fs.StringVar(&c.security.clientCAFile, "client-ca-file", "", "CA certificates (PEM) that sign client certificates; when set, every client must present one (mutual TLS)")
+	fs.StringVar(&c.security.tokenFile, "token-file", "", "bearer tokens, one per line: NAME ROLE PREFIXES SECRET; when set, every call needs one (SIGHUP reloads it and the certificate)")
 	return fs
 }
 
@@ -98,7 +106,11 @@ func serve(args []string, stderr io.Writer) error {
 		debug.SetMemoryLimit(limit)
 	}
 	if c.advertise == "" {
-		c.advertise = "http://" + c.listen
+		scheme := "http://"
+		if c.security.certFile != "" {
+			scheme = "https://"
+		}
+		c.advertise = scheme + c.listen
 	}
 	c.advertise = strings.TrimRight(c.advertise, "/")
 	if c.initialCluster == "" {
@@ -118,6 +130,19 @@ func serve(args []string, stderr io.Writer) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				in.reload()
+			case <-in.quit:
+				return
+			}
+		}
+	}()
 	select {
 	case s := <-sig:
 		log.Info().Stringer("signal", s).Msg("draining")
@@ -143,6 +168,7 @@ type instance struct {
 	node     *node.Node
 	api      *server.Server
 	srv      *http.Server
+	sec      *security
 	audit    io.Closer
 	serveErr chan error
 	// handover bounds the wait for a leadership transfer at shutdown.
@@ -168,6 +194,16 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 			in.close()
 		}
 	}()
+	urls := []string{c.advertise}
+	for _, p := range peers {
+		urls = append(urls, p.URL)
+	}
+	if c.join != "" {
+		urls = append(urls, c.join)
+	}
+	if in.sec, err = loadSecurity(c.security, len(peers) > 1 || c.join != "", urls); err != nil {
+		return nil, usageError{err}
+	}
 	if in.ln, err = net.Listen("tcp", c.listen); err != nil {
 		return nil, err
 	}
@@ -181,7 +217,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 			return nil, err
 		}
 		if join {
-			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise); err != nil {
+			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise, in.sec.peerTLS()); err != nil {
 				return nil, err
 			}
 		}
@@ -205,6 +241,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		SnapshotEntries:   c.snapshotEntries,
 		CompactionMargin:  c.compactionMargin,
 		Faults:            faults,
+		PeerTLS:           in.sec.peerTLS(),
 		Logger:            log.With().Str("component", "node").Logger(),
 		Metrics:           reg,
 	})
@@ -224,34 +261,60 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		Logger:  log.With().Str("component", "server").Logger(),
 		Metrics: reg,
 		Audit:   audit,
+
+		Security:   in.sec.serverSecurity(),
+		HTTPClient: in.sec.apiHTTPClient(),
 	})
 	in.api.Register(mux)
-	mux.Handle(node.PeerPathPrefix, in.node.PeerHandler())
+	mux.Handle(node.PeerPathPrefix, in.sec.requireMember(in.node.PeerHandler()))
 	handleOps(mux, reg, in.node)
 	if c.pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		for path, h := range map[string]http.HandlerFunc{
+			"/debug/pprof/":        pprof.Index,
+			"/debug/pprof/cmdline": pprof.Cmdline,
+			"/debug/pprof/profile": pprof.Profile,
+			"/debug/pprof/symbol":  pprof.Symbol,
+			"/debug/pprof/trace":   pprof.Trace,
+		} {
+			mux.Handle(path, in.sec.requireAdmin(h))
+		}
 		runtime.SetMutexProfileFraction(100)
 		runtime.SetBlockProfileRate(int(100 * time.Microsecond))
 	}
 	in.srv = &http.Server{
-		Handler:           mux,
+		Handler: mux,
+		// TLS handshake failures (a peer or client with a certificate
+		// this node does not trust) are worth a line.
+		ErrorLog:          stdLogger(log.With().Str("component", "http").Logger()),
 		Protocols:         new(http.Protocols),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 	}
 	in.srv.Protocols.SetHTTP1(true)
-	in.srv.Protocols.SetUnencryptedHTTP2(true)
-	go func() { in.serveErr <- in.srv.Serve(in.ln) }()
+	if in.sec.tlsOn() {
+		in.srv.Protocols.SetHTTP2(true)
+		in.srv.TLSConfig = in.sec.serverTLS()
+		go func() { in.serveErr <- in.srv.ServeTLS(in.ln, "", "") }()
+	} else {
+		in.srv.Protocols.SetUnencryptedHTTP2(true)
+		go func() { in.serveErr <- in.srv.Serve(in.ln) }()
+	}
+	in.sec.log(log)
 	in.peers = peers
 	go in.watchRemoval(c.name, c.electionTimeout)
 	log.Info().Str("name", c.name).Str("listen", in.ln.Addr().String()).Str("data-dir", c.dataDir).
 		Str("initial-cluster", c.initialCluster).Msg("lockd serving")
 	return in, nil
+}
+
+// reload reads the certificate and the token file again (SIGHUP).
+func (in *instance) reload() {
+	if err := in.sec.reload(); err != nil {
+		in.log.Error().Err(err).Msg("reload failed; still serving with the certificate and tokens loaded before")
+		return
+	}
+	in.log.Info().Msg("reloaded the certificate and tokens")
 }
 
 // drain stops the node gracefully: it hands raft leadership over so the
@@ -294,6 +357,19 @@ func (in *instance) close() {
 	if in.ln != nil {
 		in.ln.Close()
 	}
+}
+
+// stdLogger routes the standard library's log lines (the HTTP server's)
+// through zerolog, as warnings.
+func stdLogger(log zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(zerologWriter{log}, "", 0)
+}
+
+type zerologWriter struct{ log zerolog.Logger }
+
+func (w zerologWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
@@ -349,8 +425,12 @@ func storeEmpty(st *store.Store) (bool, error) {
 
 // joinInfo asks a member of a running cluster for its id and members, for
 // a new member name that was added there with lockd member add.
-func joinInfo(memberURL, name, advertise string) ([]node.Peer, uint64, error) {
-	c, err := lockd.New([]string{memberURL})
+func joinInfo(memberURL, name, advertise string, tlsConfig *tls.Config) ([]node.Peer, uint64, error) {
+	var opts []lockd.Option
+	if tlsConfig != nil {
+		opts = append(opts, lockd.WithTLS(tlsConfig))
+	}
+	c, err := lockd.New([]string{memberURL}, opts...)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -359,6 +439,12 @@ func joinInfo(memberURL, name, advertise string) ([]node.Peer, uint64, error) {
 	defer cancel()
 	st, err := c.Status(ctx)
 	if err != nil {
+		if tlsConfig != nil {
+			// HTTP/2 hides why a TLS connection failed; ask once more over
+			// HTTP/1.1 to tell the operator (a certificate the member does
+			// not trust, usually).
+			err = fmt.Errorf("%w (TLS check: %v)", err, probeTLS(memberURL, tlsConfig))
+		}
 		return nil, 0, fmt.Errorf("joining through %s: %w", memberURL, err)
 	}
 	id, err := strconv.ParseUint(st.GetClusterId(), 16, 64)
@@ -380,6 +466,19 @@ func joinInfo(memberURL, name, advertise string) ([]node.Peer, uint64, error) {
 		return nil, 0, fmt.Errorf("%q is not a member of the cluster at %s; add it first: lockd member add %s --peer-url %s --learner", name, memberURL, name, advertise)
 	}
 	return peers, id, nil
+}
+
+// probeTLS makes one HTTPS request to url and returns why it failed.
+func probeTLS(url string, cfg *tls.Config) error {
+	tr := &http.Transport{TLSClientConfig: cfg.Clone()}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := hc.Get(strings.TrimRight(url, "/") + "/healthz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return fmt.Errorf("the connection works (%s)", resp.Status)
 }
 
 // watchRemoval closes in.removed once this member has been removed from the
@@ -438,7 +537,7 @@ func (in *instance) removedPerPeers(name string, timeout time.Duration) bool {
 		}
 	}
 	for u := range urls {
-		c, err := lockd.New([]string{u})
+		c, err := lockd.New([]string{u}, in.sec.clientOptions()...)
 		if err != nil {
 			continue
 		}

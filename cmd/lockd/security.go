@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+
+	lockd "github.com/lockd-io/lockd/clients/go"
+	"github.com/lockd-io/lockd/server"
+	"github.com/rs/zerolog"
+)
+
+// securityFlags are serve's TLS and token flags.
+type securityFlags struct {
+	certFile     string
+	keyFile      string
+	peerCAFile   string
+	clientCAFile string
+	tokenFile    string
+}
+
+// security is a node's TLS material and token table. The certificate and
+// the tokens can be reloaded while serving (SIGHUP); the CAs are read once.
+type security struct {
+	flags securityFlags
+
+	cert   atomic.Pointer[tls.Certificate]
+	tokens atomic.Pointer[server.Tokens]
+
+	peerCAs, clientCAs *x509.CertPool
+	// peerRoots and clientRoots are the certificates of each CA file, to
+	// tell which file a verified chain ends at.
+	peerRoots, clientRoots [][]byte
+}
+
+// tlsOn reports whether the node serves TLS.
+func (s *security) tlsOn() bool { return s.flags.certFile != "" }
+
+// loadSecurity reads the files the flags name and checks they fit
+// together and with the cluster's URLs.
+func loadSecurity(f securityFlags, multiMember bool, urls []string) (*security, error) {
+	s := &security{flags: f}
+	switch {
+	case (f.certFile == "") != (f.keyFile == ""):
+		return nil, errors.New("--cert-file and --key-file go together")
+	case f.certFile == "" && (f.peerCAFile != "" || f.clientCAFile != ""):
+		return nil, errors.New("--peer-ca-file and --client-ca-file need TLS: give --cert-file and --key-file too")
+	case f.certFile != "" && f.peerCAFile == "" && multiMember:
+		return nil, errors.New("a cluster with TLS and more than one member needs --peer-ca-file, the CA that signs the members' certificates, so that members can authenticate each other")
+	}
+	for _, u := range urls {
+		if s.tlsOn() && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("URL %s: a node with TLS talks to its peers over https only", u)
+		}
+		if !s.tlsOn() && strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("URL %s is https: give --cert-file and --key-file", u)
+		}
+	}
+	if err := s.reload(); err != nil {
+		return nil, err
+	}
+	var err error
+	if f.peerCAFile != "" {
+		if s.peerCAs, s.peerRoots, err = loadCAs(f.peerCAFile); err != nil {
+			return nil, err
+		}
+	}
+	if f.clientCAFile != "" {
+		if s.clientCAs, s.clientRoots, err = loadCAs(f.clientCAFile); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// reload reads the certificate and the token file again. On an error it
+// keeps what it had.
+func (s *security) reload() error {
+	var cert *tls.Certificate
+	if s.flags.certFile != "" {
+		c, err := tls.LoadX509KeyPair(s.flags.certFile, s.flags.keyFile)
+		if err != nil {
+			return fmt.Errorf("loading the certificate: %w", err)
+		}
+		cert = &c
+	}
+	var tokens *server.Tokens
+	if s.flags.tokenFile != "" {
+		t, err := server.LoadTokens(s.flags.tokenFile)
+		if err != nil {
+			return fmt.Errorf("loading tokens: %w", err)
+		}
+		tokens = t
+	}
+	if cert != nil {
+		s.cert.Store(cert)
+	}
+	if tokens != nil {
+		s.tokens.Store(tokens)
+	}
+	return nil
+}
+
+func loadCAs(path string) (*x509.CertPool, [][]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	var roots [][]byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		pool.AddCert(c)
+		roots = append(roots, c.Raw)
+	}
+	if len(roots) == 0 {
+		return nil, nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, roots, nil
+}
+
+func (s *security) currentCert() (*tls.Certificate, error) { return s.cert.Load(), nil }
+
+// serverTLS is the listener's TLS configuration: one certificate for
+// clients and peers alike, and client certificates verified against both
+// CAs when given; which CA a caller's chain ends at decides what it is
+// (identify).
+func (s *security) serverTLS() *tls.Config {
+	cfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.currentCert() },
+		NextProtos:     []string{"h2", "http/1.1"},
+	}
+	if s.peerCAs != nil || s.clientCAs != nil {
+		pool := x509.NewCertPool()
+		for _, raw := range append(append([][]byte{}, s.peerRoots...), s.clientRoots...) {
+			c, _ := x509.ParseCertificate(raw)
+			pool.AddCert(c)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg
+}
+
+// peerTLS is the client side of connections to the other members, for
+// raft traffic and for the node's own API calls to them: it presents this
+// member's certificate and trusts only certificates of the peer CA.
+func (s *security) peerTLS() *tls.Config {
+	if !s.tlsOn() {
+		return nil
+	}
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		RootCAs:              s.peerCAs,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return s.currentCert() },
+	}
+}
+
+// identify tells whether a verified client certificate chains to the peer
+// CA (a member) or to the client CA.
+func (s *security) identify(cs *tls.ConnectionState) (member, client bool) {
+	for _, chain := range cs.VerifiedChains {
+		root := chain[len(chain)-1].Raw
+		member = member || containsCert(s.peerRoots, root)
+		client = client || containsCert(s.clientRoots, root)
+	}
+	return member, client
+}
+
+func containsCert(set [][]byte, c []byte) bool {
+	for _, s := range set {
+		if bytes.Equal(s, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// serverSecurity is what the API server needs to judge its callers.
+func (s *security) serverSecurity() server.Security {
+	sec := server.Security{RequireClientCert: s.clientCAs != nil}
+	if s.flags.tokenFile != "" {
+		sec.Tokens = s.tokens.Load
+	}
+	if s.tlsOn() {
+		sec.Identify = s.identify
+	}
+	return sec
+}
+
+// clientOptions are the SDK options of the node's own calls to other
+// members' APIs (joining, asking whether it was removed).
+func (s *security) clientOptions() []lockd.Option {
+	if !s.tlsOn() {
+		return nil
+	}
+	return []lockd.Option{lockd.WithTLS(s.peerTLS())}
+}
+
+// apiHTTPClient reaches the other members' APIs (forwarded keep-alives).
+func (s *security) apiHTTPClient() *http.Client {
+	if !s.tlsOn() {
+		return nil
+	}
+	tr := &http.Transport{Protocols: new(http.Protocols), TLSClientConfig: s.peerTLS()}
+	tr.Protocols.SetHTTP2(true)
+	return &http.Client{Transport: tr}
+}
+
+// requireMember guards the peer endpoints: with TLS, only a caller whose
+// certificate the peer CA signed may send raft traffic.
+func (s *security) requireMember(h http.Handler) http.Handler {
+	if !s.tlsOn() {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			http.Error(w, "peer endpoints need TLS", http.StatusForbidden)
+			return
+		}
+		if member, _ := s.identify(r.TLS); !member {
+			http.Error(w, "peer endpoints need a member certificate signed by the peer CA", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// requireAdmin guards operator endpoints (pprof) when the cluster has
+// tokens: they need an admin token.
+func (s *security) requireAdmin(h http.Handler) http.Handler {
+	if s.flags.tokenFile == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if p, ok := s.tokens.Load().Lookup(token); !ok || p.Role != server.RoleAdmin {
+			http.Error(w, "this endpoint needs an admin token (Authorization: Bearer …)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// logSecurity says at startup how the node is protected, and warns of the
+// combinations that leak.
+func (s *security) log(log zerolog.Logger) {
+	ev := log.Info().Bool("tls", s.tlsOn()).Bool("client-certs", s.clientCAs != nil).Bool("tokens", s.flags.tokenFile != "")
+	ev.Msg("security")
+	if s.flags.tokenFile != "" && !s.tlsOn() {
+		log.Warn().Msg("tokens without TLS travel in plain text: use this only on a trusted network")
+	}
+}
