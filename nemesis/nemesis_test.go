@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -195,7 +196,7 @@ func run(t *testing.T, cfg runConfig) report {
 			work(runCtx, w, eps, rand.New(rand.NewPCG(cfg.seed, uint64(w))), mutexes[w%len(mutexes)], guards, rec)
 		}()
 	}
-	faults := nemesis(runCtx, t, procs, rand.New(rand.NewPCG(cfg.seed, 99)))
+	faults := nemesis(runCtx, t, cfg.bin, procs, rec, rand.New(rand.NewPCG(cfg.seed, 99)))
 	<-runCtx.Done()
 	workers.Wait()
 
@@ -609,8 +610,9 @@ func abandon(ctx context.Context, eps []string, rec *recorder) {
 }
 
 // nemesis injects one fault at a time until ctx ends, then heals
-// everything. It returns a count of the faults.
-func nemesis(ctx context.Context, t *testing.T, procs []*testcluster.Proc, rng *rand.Rand) string {
+// everything. It returns a count of the faults. A membership change
+// replaces an element of procs.
+func nemesis(ctx context.Context, t *testing.T, bin string, procs []*testcluster.Proc, rec *recorder, rng *rand.Rand) string {
 	counts := map[string]int{}
 	done := make(chan struct{})
 	go func() {
@@ -629,7 +631,14 @@ func nemesis(ctx context.Context, t *testing.T, procs []*testcluster.Proc, rng *
 			if leader != nil && rng.IntN(3) > 0 {
 				victim = leader
 			}
-			switch rng.IntN(4) {
+			switch rng.IntN(5) {
+			case 4:
+				counts["replace"]++
+				if err := replaceMember(t, bin, procs, slices.Index(procs, victim), counts["replace"]); err != nil {
+					rec.mu.Lock()
+					rec.problems = append(rec.problems, "membership change: "+err.Error())
+					rec.mu.Unlock()
+				}
 			case 0:
 				counts["kill"]++
 				victim.Signal(syscall.SIGKILL)
@@ -686,6 +695,76 @@ func nemesis(ctx context.Context, t *testing.T, procs []*testcluster.Proc, rng *
 	return strings.Join(keys, ", ")
 }
 
+// replaceMember replaces procs[i] as an operator replaces a lost node:
+// remove the member (the node must stop by itself), then add a member with
+// a new name and an empty data dir at the same address as a learner, start
+// it with --join, and promote it once it has caught up. The victim may be
+// the leader.
+func replaceMember(t *testing.T, bin string, procs []*testcluster.Proc, i, gen int) error {
+	old := procs[i]
+	var eps []string
+	for _, p := range procs {
+		if p != old {
+			eps = append(eps, p.Addr)
+		}
+	}
+	c, err := lockd.New(eps)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// Each step is retried until it succeeds or its time is up: a change
+	// may meet a leader election (one it caused, when the victim led).
+	retry := func(what string, d time.Duration, f func(ctx context.Context) error) error {
+		deadline := time.Now().Add(d)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := f(ctx)
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if err := retry("removing "+old.Name, 20*time.Second, func(ctx context.Context) error {
+		_, err := c.RemoveMember(ctx, old.Name)
+		if err != nil && strings.Contains(err.Error(), "not a member") {
+			return nil // removed by an earlier try whose answer was lost
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if _, exited := old.Wait(20 * time.Second); !exited {
+		old.Signal(syscall.SIGKILL)
+		old.Wait(10 * time.Second)
+		return fmt.Errorf("%s still ran 20s after its removal", old.Name)
+	}
+	name := fmt.Sprintf("%sx%d", strings.SplitN(old.Name, "x", 2)[0], gen)
+	url := "http://" + old.Addr
+	if err := retry("adding "+name, 20*time.Second, func(ctx context.Context) error {
+		_, err := c.AddMember(ctx, name, url, true)
+		if err != nil && strings.Contains(err.Error(), "already") {
+			return nil
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	p := testcluster.Start(t, bin, name, old.Dir, old.Addr, "serve", "--name", name,
+		"--data-dir", filepath.Join(old.Dir, name), "--listen", old.Addr, "--join", "http://"+eps[0],
+		"--heartbeat-interval", "50ms", "--election-timeout", "500ms", "--log-format", "json")
+	procs[i] = p
+	return retry("promoting "+name, 30*time.Second, func(ctx context.Context) error {
+		_, err := c.PromoteMember(ctx, name)
+		return err
+	})
+}
+
 func currentLeader(procs []*testcluster.Proc) *testcluster.Proc {
 	for _, p := range procs {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -734,11 +813,11 @@ func partition(procs []*testcluster.Proc, group []*testcluster.Proc) {
 }
 
 func bridge(procs []*testcluster.Proc) {
-	side := map[string]int{"n1": 1, "n2": 1, "n3": 0, "n4": 2, "n5": 2}
-	for _, p := range procs {
+	side := []int{1, 1, 0, 2, 2} // by position: members are renamed when replaced
+	for i, p := range procs {
 		var drop []string
-		for _, q := range procs {
-			if side[p.Name] != 0 && side[q.Name] != 0 && side[p.Name] != side[q.Name] {
+		for j, q := range procs {
+			if side[i] != 0 && side[j] != 0 && side[i] != side[j] {
 				drop = append(drop, q.Name)
 			}
 		}

@@ -39,6 +39,41 @@ type applier struct {
 	// its snapshots record.
 	conf    *raftpb.ConfState
 	members []*peerv1.Member
+	// Owned by the applier: the bytes of the entries applied since the last
+	// snapshot, and the sizes of the last CompactionMargin entries applied,
+	// newest at recent[(next-1) % len].
+	sinceSnap uint64
+	recent    []uint32
+	next      uint64
+}
+
+// sized records the size of an entry the applier applied.
+func (a *applier) sized(n uint32, margin uint64) {
+	if a.recent == nil {
+		// Sizes beyond the ring are unknown, and margin then keeps the
+		// count; margins this large are for tests that keep the whole log.
+		a.recent = make([]uint32, min(max(margin, 1), 1<<16))
+	}
+	a.recent[a.next%uint64(len(a.recent))] = n
+	a.next++
+	a.sinceSnap += uint64(n)
+}
+
+// margin is how many of the newest applied entries to keep below a
+// snapshot: at most maxEntries, and no more than maxBytes of them.
+func (a *applier) margin(maxEntries, maxBytes uint64) uint64 {
+	size := min(uint64(len(a.recent)), maxEntries)
+	known := min(a.next, size)
+	var sum uint64
+	for k := range known {
+		sum += uint64(a.recent[(a.next-1-k)%size])
+		if sum > maxBytes {
+			return k
+		}
+	}
+	// Entries applied before this process started are of unknown size:
+	// keep the count.
+	return maxEntries
 }
 
 // applyWork is one Ready's share of the applier's work, in log order: a
@@ -146,6 +181,7 @@ func (n *Node) applyWork(w applyWork) error {
 		a.conf, a.members = m.conf, m.members
 		n.snapIndex.Store(idx)
 		n.applied.Store(idx)
+		a.sinceSnap = 0
 		n.metrics.snapshotBytes.Set(float64(len(w.snapState)))
 		n.log.Info().Uint64("index", idx).Msg("restored snapshot from leader")
 	}
@@ -153,6 +189,7 @@ func (n *Node) applyWork(w applyWork) error {
 		if e.GetIndex() <= n.applied.Load() {
 			continue // covered by the snapshot restored above
 		}
+		a.sized(uint32(len(e.GetData())), n.cfg.CompactionMargin)
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			data := e.GetData()
@@ -173,13 +210,14 @@ func (n *Node) applyWork(w applyWork) error {
 	return nil
 }
 
-// maybeSnapshot snapshots the state machine once SnapshotEntries entries
-// have been applied since the last snapshot, and compacts the log below it,
-// keeping CompactionMargin entries for followers that lag a little. It runs
-// on the applier, so the state machine stands still while it reads it.
+// maybeSnapshot snapshots the state machine once SnapshotEntries entries,
+// or SnapshotBytes of them, have been applied since the last snapshot, and
+// compacts the log below it, keeping a margin for followers that lag a
+// little. It runs on the applier, so the state machine stands still while
+// it reads it.
 func (n *Node) maybeSnapshot() error {
 	applied := n.applied.Load()
-	if applied-n.snapIndex.Load() < n.cfg.SnapshotEntries {
+	if applied-n.snapIndex.Load() < n.cfg.SnapshotEntries && n.apply.sinceSnap < n.cfg.SnapshotBytes {
 		return nil
 	}
 	return n.snapshot(applied)
@@ -200,8 +238,9 @@ func (n *Node) snapshot(applied uint64) error {
 		return fmt.Errorf("saving snapshot: %w", err)
 	}
 	n.snapIndex.Store(applied)
-	if applied > n.cfg.CompactionMargin {
-		compact := applied - n.cfg.CompactionMargin
+	n.apply.sinceSnap = 0
+	if margin := n.apply.margin(n.cfg.CompactionMargin, n.cfg.SnapshotBytes/2); applied > margin {
+		compact := applied - margin
 		first, err := n.store.FirstIndex()
 		if err != nil {
 			return err

@@ -48,9 +48,14 @@ type Config struct {
 	// SnapshotEntries is how many applied entries trigger a snapshot and a
 	// compaction of the log. Default 10000.
 	SnapshotEntries uint64
+	// SnapshotBytes triggers a snapshot too: once the entries applied since
+	// the last one reach this many bytes, so a log of large entries stays
+	// as small on disk as one of small entries. Default 64 MiB.
+	SnapshotBytes uint64
 	// CompactionMargin is how many entries below a snapshot are kept, so a
 	// follower that lags a little catches up from the log rather than by a
-	// snapshot. Default 5000.
+	// snapshot: at most this many, and at most SnapshotBytes/2 bytes of
+	// them. Default 5000.
 	CompactionMargin uint64
 
 	// Faults, when set, sees every outgoing peer batch and may drop or delay
@@ -148,6 +153,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.SnapshotEntries == 0 {
 		c.SnapshotEntries = 10000
+	}
+	if c.SnapshotBytes == 0 {
+		c.SnapshotBytes = 64 << 20
 	}
 	if c.CompactionMargin == 0 {
 		c.CompactionMargin = 5000

@@ -284,3 +284,41 @@ func (s *countSM) Restore(data []byte) error {
 	s.n.Store(binary.BigEndian.Uint64(data))
 	return nil
 }
+
+// Large entries trigger snapshots by their size, and the log kept below a
+// snapshot is bounded in bytes as well as in entries: a log of 32 KiB
+// entries stays about as small on disk as one of small entries.
+func TestSnapshotBySize(t *testing.T) {
+	c := newTestCluster(t, 1, nil, func(cfg *Config) {
+		cfg.SnapshotEntries = 1 << 30 // never by count
+		cfg.SnapshotBytes = 1 << 20
+		cfg.CompactionMargin = 5000
+		cfg.StateMachine = new(countSM)
+	})
+	l := c.waitLeader(5 * time.Second).current()
+	const entries, size = 2000, 32 << 10 // 64 MiB in all
+	cmd := make([]byte, size)
+	for i := range entries {
+		cmd[0] = byte(i)
+		if _, err := l.Propose(context.Background(), cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applied := l.applied.Load()
+	snap := l.snapIndex.Load()
+	if applied-snap > (1<<20)/size+1 {
+		t.Fatalf("last snapshot at %d with %d applied: more than 1 MiB of entries since", snap, applied)
+	}
+	first, err := l.store.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Below the snapshot at most 512 KiB of entries (16 of them) are kept,
+	// not the 5000 the count alone would keep.
+	if kept := snap - first + 1; first < snap && kept > (512<<10)/size+1 {
+		t.Fatalf("log starts at %d, %d entries below the snapshot at %d: more than 512 KiB", first, kept, snap)
+	}
+	if first+100 < applied-2*(1<<20)/size {
+		t.Fatalf("log starts at %d with %d applied", first, applied)
+	}
+}

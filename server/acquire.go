@@ -39,13 +39,13 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 		}
 		// The outcome is unknown: cancel the request by its id, so it cannot
 		// take effect later, before answering.
-		if s.cancelRequest(leaseID, a.GetRequestId(), false) == nil {
+		if s.cancelRequest(ctx, leaseID, a.GetRequestId(), false) == nil {
 			return nil, connect.NewError(connect.CodeAborted, errors.New("the acquire could not be applied in time and was cancelled; retry with a new request id"))
 		}
 		return nil, err
 	}
 	if ctx.Err() != nil {
-		s.cancelInBackground(leaseID, a.GetRequestId())
+		s.cancelInBackground(ctx, leaseID, a.GetRequestId())
 		return nil, ctx.Err()
 	}
 	if res.Granted || a.GetTry() {
@@ -80,7 +80,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 				return r, err
 			}
 		case <-timeout:
-			if err := s.cancelRequest(leaseID, a.GetRequestId(), true); err != nil {
+			if err := s.cancelRequest(ctx, leaseID, a.GetRequestId(), true); err != nil {
 				return nil, err
 			}
 			return &locks.Result{Revision: s.table.Revision()}, nil
@@ -89,7 +89,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 			// another node with the same request id and finds it there.
 			return nil, errShuttingDown
 		case <-ctx.Done():
-			s.cancelInBackground(leaseID, a.GetRequestId())
+			s.cancelInBackground(ctx, leaseID, a.GetRequestId())
 			return nil, ctx.Err()
 		}
 	}
@@ -131,14 +131,19 @@ func (s *Server) waiterOutcome(leaseID uint64, queued *locks.Result, names int) 
 // Aborted from then on. It retries while the cluster is unavailable, for up
 // to a minute (until the server closes, if patient) or ProposeTimeout: a
 // waiter left behind would be granted a lock nobody uses until its lease
-// ends.
-func (s *Server) cancelRequest(leaseID, requestID uint64, patient bool) error {
+// ends. The cancel is proposed as the caller of the acquire (from caller,
+// whose cancellation it outlives), so that it can undo only what that
+// caller may touch: a request id is easy to guess.
+func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64, patient bool) error {
 	limit := s.cfg.ProposeTimeout
 	if patient {
 		limit = time.Minute
 	}
 	ctx, cancel := context.WithTimeout(s.bg, limit)
 	defer cancel()
+	if p := principalFrom(caller); p != nil {
+		ctx = context.WithValue(ctx, principalKey{}, p)
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		_, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID}}})
@@ -159,6 +164,6 @@ func (s *Server) cancelRequest(leaseID, requestID uint64, patient bool) error {
 }
 
 // cancelInBackground cancels an acquire whose caller went away.
-func (s *Server) cancelInBackground(leaseID, requestID uint64) {
-	s.goBackground(func() { s.cancelRequest(leaseID, requestID, true) })
+func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID uint64) {
+	s.goBackground(func() { s.cancelRequest(caller, leaseID, requestID, true) })
 }

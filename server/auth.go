@@ -260,10 +260,18 @@ func (s *Server) authenticate(ctx context.Context, procedure string, header http
 	return context.WithValue(ctx, principalKey{}, p), &r, nil
 }
 
-// authorizeNames checks the lock names a request touches.
-func authorizeNames(ctx context.Context, r *rule, msg any) error {
+// authorize checks the lock names and the leases a request touches.
+func (s *Server) authorize(ctx context.Context, r *rule, msg any) error {
 	p := principalFrom(ctx)
-	if p == nil || r.names == nil {
+	if p == nil {
+		return nil
+	}
+	if r.leases != nil {
+		if err := s.mayUseLeases(ctx, r.leases(msg)...); err != nil {
+			return err
+		}
+	}
+	if r.names == nil {
 		return nil
 	}
 	names, prefix := r.names(msg)
@@ -318,9 +326,12 @@ type rule struct {
 	// member: the cluster's own members may call it without a token.
 	member bool
 	// names lists the lock names a request touches; prefix says they are
-	// prefixes (every name under them). Nil for calls that touch no name,
-	// or only leases, which are checked by their principal.
+	// prefixes (every name under them). Nil for calls that touch no name.
 	names func(msg any) (names []string, prefix bool)
+	// leases lists the leases a request uses, which must be the caller's.
+	// The table checks again when it applies a command; reads of a lease
+	// (Get, Events) check after their read, when the lease is known.
+	leases func(msg any) []uint64
 }
 
 func one(name string) ([]string, bool) { return []string{name}, false }
@@ -333,21 +344,27 @@ var rules = map[string]rule{
 	lockdv1connect.ClusterServiceRemoveMemberProcedure:   {admin: true},
 	lockdv1connect.ClusterServiceTransferLeaderProcedure: {admin: true},
 
-	lockdv1connect.LeaseServiceGrantProcedure:         {},
-	lockdv1connect.LeaseServiceKeepAliveProcedure:     {},
-	lockdv1connect.LeaseServiceKeepAliveManyProcedure: {},
-	lockdv1connect.LeaseServiceRevokeProcedure:        {},
-	lockdv1connect.LeaseServiceGetProcedure:           {},
-	lockdv1connect.LeaseServiceListProcedure:          {},
-	lockdv1connect.LeaseServiceEventsProcedure:        {},
+	lockdv1connect.LeaseServiceGrantProcedure: {},
+	lockdv1connect.LeaseServiceKeepAliveProcedure: {leases: func(m any) []uint64 {
+		return []uint64{m.(*lockdv1.KeepAliveRequest).GetLeaseId()}
+	}},
+	lockdv1connect.LeaseServiceKeepAliveManyProcedure: {leases: func(m any) []uint64 {
+		return m.(*lockdv1.KeepAliveManyRequest).GetLeaseIds()
+	}},
+	lockdv1connect.LeaseServiceRevokeProcedure: {leases: func(m any) []uint64 {
+		return []uint64{m.(*lockdv1.RevokeRequest).GetLeaseId()}
+	}},
+	lockdv1connect.LeaseServiceGetProcedure:    {},
+	lockdv1connect.LeaseServiceListProcedure:   {},
+	lockdv1connect.LeaseServiceEventsProcedure: {},
 
 	lockdv1connect.LockServiceAcquireProcedure: {names: func(m any) ([]string, bool) {
 		r := m.(*lockdv1.AcquireRequest)
 		return append([]string{r.GetName()}, r.GetAlso()...), false
-	}},
+	}, leases: func(m any) []uint64 { return []uint64{m.(*lockdv1.AcquireRequest).GetLeaseId()} }},
 	lockdv1connect.LockServiceReleaseProcedure: {names: func(m any) ([]string, bool) {
 		return one(m.(*lockdv1.ReleaseRequest).GetName())
-	}},
+	}, leases: func(m any) []uint64 { return []uint64{m.(*lockdv1.ReleaseRequest).GetLeaseId()} }},
 	lockdv1connect.LockServiceDescribeProcedure: {names: func(m any) ([]string, bool) {
 		return one(m.(*lockdv1.DescribeRequest).GetName())
 	}},
@@ -367,10 +384,10 @@ var rules = map[string]rule{
 
 	lockdv1connect.ElectionServiceCampaignProcedure: {names: func(m any) ([]string, bool) {
 		return one(election.LockName(m.(*lockdv1.CampaignRequest).GetName()))
-	}},
+	}, leases: func(m any) []uint64 { return []uint64{m.(*lockdv1.CampaignRequest).GetLeaseId()} }},
 	lockdv1connect.ElectionServiceProclaimProcedure: {names: func(m any) ([]string, bool) {
 		return one(election.LockName(m.(*lockdv1.ProclaimRequest).GetName()))
-	}},
+	}, leases: func(m any) []uint64 { return []uint64{m.(*lockdv1.ProclaimRequest).GetLeaseId()} }},
 	lockdv1connect.ElectionServiceLeaderProcedure: {names: func(m any) ([]string, bool) {
 		return one(election.LockName(m.(*lockdv1.LeaderRequest).GetName()))
 	}},
@@ -379,7 +396,7 @@ var rules = map[string]rule{
 	}},
 	lockdv1connect.ElectionServiceResignProcedure: {names: func(m any) ([]string, bool) {
 		return one(election.LockName(m.(*lockdv1.ResignRequest).GetName()))
-	}},
+	}, leases: func(m any) []uint64 { return []uint64{m.(*lockdv1.ResignRequest).GetLeaseId()} }},
 }
 
 // authInterceptor authenticates every call and checks what it touches.
@@ -391,7 +408,7 @@ func (a authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if err != nil {
 			return nil, err
 		}
-		if err := authorizeNames(ctx, r, req.Any()); err != nil {
+		if err := a.s.authorize(ctx, r, req.Any()); err != nil {
 			return nil, err
 		}
 		return next(ctx, req)
@@ -408,13 +425,14 @@ func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc)
 		if err != nil {
 			return err
 		}
-		return next(ctx, &authorizedConn{StreamingHandlerConn: conn, ctx: ctx, rule: r})
+		return next(ctx, &authorizedConn{StreamingHandlerConn: conn, s: a.s, ctx: ctx, rule: r})
 	}
 }
 
 // authorizedConn checks the names of a stream's request as it is read.
 type authorizedConn struct {
 	connect.StreamingHandlerConn
+	s    *Server
 	ctx  context.Context
 	rule *rule
 }
@@ -423,5 +441,5 @@ func (c *authorizedConn) Receive(msg any) error {
 	if err := c.StreamingHandlerConn.Receive(msg); err != nil {
 		return err
 	}
-	return authorizeNames(c.ctx, c.rule, msg)
+	return c.s.authorize(c.ctx, c.rule, msg)
 }

@@ -51,9 +51,6 @@ func (h *leaseHandler) KeepAlive(ctx context.Context, req *connect.Request[lockd
 	if id == 0 {
 		return nil, invalid("lease_id is required")
 	}
-	if err := h.s.mayUseLeases(ctx, id); err != nil {
-		return nil, err
-	}
 	ttl, leader, found, err := h.s.keeper.keepAlive(ctx, id)
 	switch {
 	case err != nil:
@@ -78,9 +75,6 @@ func (h *leaseHandler) KeepAliveMany(ctx context.Context, req *connect.Request[l
 		return nil, invalid("%d lease_ids: at most %d in one call", len(ids), maxKeepAliveMany)
 	case slices.Contains(ids, 0):
 		return nil, invalid("lease_ids contains 0, which is no lease")
-	}
-	if err := h.s.mayUseLeases(ctx, ids...); err != nil {
-		return nil, err
 	}
 	ttls, leader, err := h.s.keeper.keepAliveMany(ctx, ids)
 	switch {

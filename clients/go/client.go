@@ -68,7 +68,8 @@ func WithBackoff(min, max time.Duration) Option {
 // WithTLS makes the client speak HTTPS, trusting the servers config trusts
 // (RootCAs) and presenting its certificate, if it has one, to clusters that
 // require client certificates. Endpoints given as host:port become
-// https://host:port. Ignored with WithHTTPClient, whose transport decides.
+// https://host:port; an http:// endpoint is an error, as is WithTLS with
+// WithHTTPClient (whose transport has the TLS configuration then).
 func WithTLS(config *tls.Config) Option {
 	return optionFunc(func(o *options) { o.tls = config })
 }
@@ -115,6 +116,9 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
+	if o.tls != nil && o.httpClient != nil {
+		return nil, errors.New("lockd: WithTLS and WithHTTPClient: configure TLS on the HTTP client's transport")
+	}
 	if o.httpClient == nil {
 		tr := &http.Transport{Protocols: new(http.Protocols), MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}
 		tr.Protocols.SetUnencryptedHTTP2(true)
@@ -129,6 +133,9 @@ func New(endpoints []string, opts ...Option) (*Client, error) {
 	c := &Client{opts: o}
 	for _, e := range endpoints {
 		if e = strings.TrimSpace(e); e != "" {
+			if o.tls != nil && strings.HasPrefix(e, "http://") {
+				return nil, fmt.Errorf("lockd: endpoint %s is plain http, but the client has WithTLS", e)
+			}
 			c.add(e)
 		}
 	}

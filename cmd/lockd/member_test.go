@@ -184,6 +184,15 @@ func TestMembershipGrowShrink(t *testing.T) {
 	if v := mc.voters(); v != 3 {
 		t.Fatalf("%d voters after shrinking, want 3", v)
 	}
+	// A removed member does not come back with its old data dir.
+	n4.close()
+	delete(mc.ins, "n4")
+	if in, err := start(mc.config("n4", n4.ln.Addr().String()), nil, zerolog.Nop()); err == nil {
+		in.close()
+		t.Fatal("a removed member restarted with its data dir")
+	} else if !strings.Contains(err.Error(), "removed") {
+		t.Fatalf("restarting a removed member: %v, want a refusal that says it was removed", err)
+	}
 
 	// n3's disk is lost: remove it, wipe it, and add a fresh member in its
 	// place, which must catch up from a snapshot once the log was compacted.

@@ -27,9 +27,22 @@ type testCA struct {
 	// File is the CA's certificate, for --peer-ca-file, --client-ca-file
 	// and --ca-file.
 	File string
+	// parent, for an intermediate CA, is the CA that signed it.
+	parent *testCA
 }
 
 func newTestCA(t testing.TB, dir, name string) *testCA {
+	t.Helper()
+	return newCASignedBy(t, dir, name, nil)
+}
+
+// intermediate makes a CA that ca signs.
+func (ca *testCA) intermediate(name string) *testCA {
+	ca.t.Helper()
+	return newCASignedBy(ca.t, ca.dir, name, ca)
+}
+
+func newCASignedBy(t testing.TB, dir, name string, parent *testCA) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -44,12 +57,16 @@ func newTestCA(t testing.TB, dir, name string) *testCA {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	signer, signerKey := tmpl, key
+	if parent != nil {
+		signer, signerKey = parent.cert, parent.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{t: t, dir: dir, name: name, cert: cert, key: key, File: filepath.Join(dir, name+"-ca.pem")}
+	ca := &testCA{t: t, dir: dir, name: name, cert: cert, key: key, File: filepath.Join(dir, name+"-ca.pem"), parent: parent}
 	writePEM(t, ca.File, "CERTIFICATE", der)
 	return ca
 }
@@ -83,7 +100,14 @@ func (ca *testCA) issue(name string) (certFile, keyFile string) {
 	}
 	certFile = filepath.Join(ca.dir, ca.name+"-"+name+".pem")
 	keyFile = filepath.Join(ca.dir, ca.name+"-"+name+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	for p := ca; p.parent != nil; p = p.parent {
+		// The intermediates go along with the leaf, as a client sends them.
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.cert.Raw})...)
+	}
+	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	writePEM(t, keyFile, "EC PRIVATE KEY", kb)
 	return certFile, keyFile
 }

@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	lockd "github.com/lockd-io/lockd/clients/go"
 	"github.com/lockd-io/lockd/server"
@@ -35,9 +37,18 @@ type security struct {
 	tokens atomic.Pointer[server.Tokens]
 
 	peerCAs, clientCAs *x509.CertPool
-	// peerRoots and clientRoots are the certificates of each CA file, to
-	// tell which file a verified chain ends at.
+	// peerRoots and clientRoots are the certificates of each CA file.
 	peerRoots, clientRoots [][]byte
+
+	// identities remembers what identify found for a certificate, for a
+	// minute, so that a call does not pay for a chain verification.
+	identities sync.Map // string(leaf.Raw) → identity
+	remembered atomic.Int64
+}
+
+type identity struct {
+	member, client bool
+	at             time.Time
 }
 
 // tlsOn reports whether the node serves TLS.
@@ -45,15 +56,16 @@ func (s *security) tlsOn() bool { return s.flags.certFile != "" }
 
 // loadSecurity reads the files the flags name and checks they fit
 // together and with the cluster's URLs.
-func loadSecurity(f securityFlags, multiMember bool, urls []string) (*security, error) {
+func loadSecurity(f securityFlags, urls []string) (*security, error) {
 	s := &security{flags: f}
 	switch {
 	case (f.certFile == "") != (f.keyFile == ""):
 		return nil, errors.New("--cert-file and --key-file go together")
 	case f.certFile == "" && (f.peerCAFile != "" || f.clientCAFile != ""):
 		return nil, errors.New("--peer-ca-file and --client-ca-file need TLS: give --cert-file and --key-file too")
-	case f.certFile != "" && f.peerCAFile == "" && multiMember:
-		return nil, errors.New("a cluster with TLS and more than one member needs --peer-ca-file, the CA that signs the members' certificates, so that members can authenticate each other")
+	case f.certFile != "" && f.peerCAFile == "":
+		// Even a single node: a member added later could never connect.
+		return nil, errors.New("TLS needs --peer-ca-file, the CA that signs the members' certificates (this node's too), so that members can authenticate each other")
 	}
 	for _, u := range urls {
 		if s.tlsOn() && !strings.HasPrefix(u, "https://") {
@@ -75,6 +87,11 @@ func loadSecurity(f securityFlags, multiMember bool, urls []string) (*security, 
 	if f.clientCAFile != "" {
 		if s.clientCAs, s.clientRoots, err = loadCAs(f.clientCAFile); err != nil {
 			return nil, err
+		}
+	}
+	for _, c := range s.clientRoots {
+		if containsCert(s.peerRoots, c) {
+			return nil, errors.New("--peer-ca-file and --client-ca-file share a certificate: the peer CA must sign members' certificates only, or any client could speak for a member")
 		}
 	}
 	return s, nil
@@ -175,14 +192,40 @@ func (s *security) peerTLS() *tls.Config {
 	}
 }
 
-// identify tells whether a verified client certificate chains to the peer
-// CA (a member) or to the client CA.
+// identify tells whether the caller's certificate is a member's (signed
+// directly by a CA of the peer CA file: intermediates the caller sends do
+// not count, so a client CA signed by the same root is no way in) or a
+// client's (chained, through the caller's intermediates if need be, to the
+// client CA file).
 func (s *security) identify(cs *tls.ConnectionState) (member, client bool) {
-	for _, chain := range cs.VerifiedChains {
-		root := chain[len(chain)-1].Raw
-		member = member || containsCert(s.peerRoots, root)
-		client = client || containsCert(s.clientRoots, root)
+	if len(cs.PeerCertificates) == 0 {
+		return false, false
 	}
+	leaf := cs.PeerCertificates[0]
+	key := string(leaf.Raw)
+	if v, ok := s.identities.Load(key); ok {
+		if id := v.(identity); time.Since(id.at) < time.Minute {
+			return id.member, id.client
+		}
+	}
+	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if s.peerCAs != nil {
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: s.peerCAs, KeyUsages: usage})
+		member = err == nil
+	}
+	if s.clientCAs != nil {
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: s.clientCAs, Intermediates: inter, KeyUsages: usage})
+		client = err == nil
+	}
+	if s.remembered.Add(1) > 10000 {
+		s.identities.Clear() // a bound, not a cache policy: certificates are few
+		s.remembered.Store(0)
+	}
+	s.identities.Store(key, identity{member: member, client: client, at: time.Now()})
 	return member, client
 }
 
@@ -252,8 +295,8 @@ func (s *security) requireAdmin(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if p, ok := s.tokens.Load().Lookup(token); !ok || p.Role != server.RoleAdmin {
+		token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if p, ok := s.tokens.Load().Lookup(token); !bearer || token == "" || !ok || p.Role != server.RoleAdmin {
 			http.Error(w, "this endpoint needs an admin token (Authorization: Bearer …)", http.StatusForbidden)
 			return
 		}
@@ -268,5 +311,8 @@ func (s *security) log(log zerolog.Logger) {
 	ev.Msg("security")
 	if s.flags.tokenFile != "" && !s.tlsOn() {
 		log.Warn().Msg("tokens without TLS travel in plain text: use this only on a trusted network")
+	}
+	if s.clientCAs != nil && s.flags.tokenFile == "" {
+		log.Warn().Msg("client certificates without --token-file: every holder of one may make every call, admin calls included")
 	}
 }

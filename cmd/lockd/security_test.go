@@ -174,6 +174,15 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 	wantDenied(t, "bob keeping alice's lease alive", err)
 	_, err = bob.lease.Get(ctx, connect.NewRequest(&lockdv1.GetLeaseRequest{LeaseId: lease}))
 	wantDenied(t, "bob reading alice's lease", err)
+	_, err = bob.lease.KeepAliveMany(ctx, connect.NewRequest(&lockdv1.KeepAliveManyRequest{LeaseIds: []uint64{lease}}))
+	wantDenied(t, "bob keeping alice's lease alive among others", err)
+	events, err := bob.lease.Events(ctx, connect.NewRequest(&lockdv1.LeaseEventsRequest{LeaseId: lease}))
+	if err == nil {
+		events.Receive()
+		err = events.Err()
+		events.Close()
+	}
+	wantDenied(t, "bob following alice's lease", err)
 	list, err := bob.lease.List(ctx, connect.NewRequest(&lockdv1.ListLeasesRequest{}))
 	if err != nil || len(list.Msg.GetLeases()) != 0 {
 		t.Fatalf("bob's lease list: %v %v, want none of alice's", list, err)
@@ -320,25 +329,16 @@ func TestSecureClusterRefusesForeignPeers(t *testing.T) {
 		t.Fatalf("joining with a foreign certificate: %v, want a certificate error", err)
 	}
 
-	// Straight at the peer endpoint: a client certificate (trusted for the
+	// Straight at the peer endpoints: a client certificate (trusted for the
 	// API, not for raft) and no certificate are both refused; a foreign one
 	// does not get through the handshake.
-	for what, cfg := range map[string]*tls.Config{
-		"a client certificate":  clientTLS(t, pki.peerCA, pki.clientCert, pki.clientKey),
-		"no certificate":        clientTLS(t, pki.peerCA, "", ""),
-		"a foreign certificate": clientTLS(t, pki.peerCA, cert, key),
-	} {
-		tr := &http.Transport{TLSClientConfig: cfg}
-		resp, err := (&http.Client{Transport: tr}).Post(leader.url()+"/lockd.peer.v1/snapshot", "application/octet-stream", strings.NewReader("x"))
-		tr.CloseIdleConnections()
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusForbidden {
-				t.Fatalf("peer endpoint with %s: %s %s, want 403", what, resp.Status, body)
-			}
-		}
-	}
+	refusedAtPeerEndpoints(t, leader, clientTLS(t, pki.peerCA, pki.clientCert, pki.clientKey), true)
+	refusedAtPeerEndpoints(t, leader, clientTLS(t, pki.peerCA, "", ""), true)
+	// A TLS client offers only a certificate of a CA the server names;
+	// a node (as the rogue) sends its own whatever the server asks for.
+	foreign := clientTLS(t, pki.peerCA, cert, key)
+	foreign.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &foreign.Certificates[0], nil }
+	refusedAtPeerEndpoints(t, leader, foreign, false)
 	// The rogue member never received anything: the leader has matched
 	// none of its log.
 	st, err := leader.node.Status(ctx)
@@ -352,6 +352,64 @@ func TestSecureClusterRefusesForeignPeers(t *testing.T) {
 	}
 }
 
+// refusedAtPeerEndpoints sends a snapshot and opens a raft stream to in
+// over cfg, and fails unless both are refused: with 403 if answered is set,
+// at the TLS handshake if not.
+func refusedAtPeerEndpoints(t *testing.T, in *instance, cfg *tls.Config, answered bool) {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: cfg}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for _, path := range []string{"/lockd.peer.v1/snapshot", "/lockd.peer.v1/stream"} {
+		req, _ := http.NewRequest(http.MethodPost, in.url()+path, strings.NewReader("x"))
+		if path == "/lockd.peer.v1/stream" {
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "lockd-raft/1")
+		}
+		resp, err := hc.Do(req)
+		if !answered {
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("%s: a foreign certificate got through the handshake: %s", path, resp.Status)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v, want a 403 answer", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s: %s %s, want 403", path, resp.Status, body)
+		}
+	}
+}
+
+// A client CA that the peer CA's root signed does not make its clients
+// members, even when they send the intermediate along.
+func TestClientOfIntermediateIsNoMember(t *testing.T) {
+	dir := t.TempDir()
+	root := newTestCA(t, dir, "root")
+	clients := root.intermediate("clients")
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("ops admin * "+opsToken+"\n"), 0o600)
+	ins := startInstancesConfig(t, 1, "https", func(i int, c *serveConfig) {
+		cert, key := root.issue(c.name)
+		c.security = securityFlags{certFile: cert, keyFile: key, peerCAFile: root.File, clientCAFile: clients.File, tokenFile: tokens}
+	})
+	cert, key := clients.issue("app")
+	cfg := clientTLS(t, root, cert, key)
+	refusedAtPeerEndpoints(t, ins[0], cfg, true)
+	// The same certificate is a good client certificate, and without a
+	// token it is no member that may ask for the status either.
+	c := (&securePKI{}).clientsTLS(t, ins[0].url(), "", cfg)
+	_, err := c.cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{}))
+	wantDenied(t, "status with a client certificate and no token", err)
+	if _, err := (&securePKI{}).clientsTLS(t, ins[0].url(), opsToken, cfg).cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{})); err != nil {
+		t.Fatalf("status with the client certificate and a token: %v", err)
+	}
+}
+
 // Security flags that do not fit together are usage errors, said before
 // anything starts.
 func TestSecurityFlagsMustFit(t *testing.T) {
@@ -361,26 +419,26 @@ func TestSecurityFlagsMustFit(t *testing.T) {
 	one := []string{"https://127.0.0.1:1"}
 	three := []string{"https://127.0.0.1:1", "https://127.0.0.1:2", "https://127.0.0.1:3"}
 	for name, tc := range map[string]struct {
-		f     securityFlags
-		multi bool
-		urls  []string
+		f    securityFlags
+		urls []string
 	}{
-		"key without cert":               {securityFlags{keyFile: key}, false, nil},
-		"cert without key":               {securityFlags{certFile: cert}, false, one},
-		"peer CA without TLS":            {securityFlags{peerCAFile: ca.File}, false, nil},
-		"client CA without TLS":          {securityFlags{clientCAFile: ca.File}, false, nil},
-		"three members without peer CA":  {securityFlags{certFile: cert, keyFile: key}, true, three},
-		"TLS with an http peer":          {securityFlags{certFile: cert, keyFile: key, peerCAFile: ca.File}, true, []string{"https://127.0.0.1:1", "http://127.0.0.1:2"}},
-		"https peer without TLS":         {securityFlags{}, true, three},
-		"a missing certificate":          {securityFlags{certFile: cert + ".gone", keyFile: key}, false, one},
-		"a CA file without certificates": {securityFlags{certFile: cert, keyFile: key, peerCAFile: key}, false, one},
-		"a missing token file":           {securityFlags{tokenFile: filepath.Join(dir, "none")}, false, nil},
+		"key without cert":               {securityFlags{keyFile: key}, nil},
+		"cert without key":               {securityFlags{certFile: cert}, one},
+		"peer CA without TLS":            {securityFlags{peerCAFile: ca.File}, nil},
+		"client CA without TLS":          {securityFlags{clientCAFile: ca.File}, nil},
+		"TLS without peer CA":            {securityFlags{certFile: cert, keyFile: key}, three},
+		"TLS with an http peer":          {securityFlags{certFile: cert, keyFile: key, peerCAFile: ca.File}, []string{"https://127.0.0.1:1", "http://127.0.0.1:2"}},
+		"https peer without TLS":         {securityFlags{}, three},
+		"a missing certificate":          {securityFlags{certFile: cert + ".gone", keyFile: key}, one},
+		"a CA file without certificates": {securityFlags{certFile: cert, keyFile: key, peerCAFile: key}, one},
+		"a missing token file":           {securityFlags{tokenFile: filepath.Join(dir, "none")}, nil},
+		"one CA for peers and clients":   {securityFlags{certFile: cert, keyFile: key, peerCAFile: ca.File, clientCAFile: ca.File}, one},
 	} {
-		if _, err := loadSecurity(tc.f, tc.multi, tc.urls); err == nil {
+		if _, err := loadSecurity(tc.f, tc.urls); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := loadSecurity(securityFlags{certFile: cert, keyFile: key}, false, one); err != nil {
-		t.Errorf("a single TLS node without a peer CA: %v", err)
+	if _, err := loadSecurity(securityFlags{certFile: cert, keyFile: key, peerCAFile: ca.File}, three); err != nil {
+		t.Errorf("TLS with a peer CA: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -39,6 +40,7 @@ type serveConfig struct {
 	heartbeat       time.Duration
 	electionTimeout time.Duration
 	snapshotEntries uint64
+	snapshotBytes   string
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
@@ -68,6 +70,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 100*time.Millisecond, "raft heartbeat interval")
 	fs.DurationVar(&c.electionTimeout, "election-timeout", time.Second, "raft election timeout (at least 3 heartbeats)")
 	fs.Uint64Var(&c.snapshotEntries, "snapshot-entries", 10000, "applied entries between snapshots")
+	fs.StringVar(&c.snapshotBytes, "snapshot-bytes", "64MiB", "bytes of applied entries between snapshots, whichever of the two comes first; half as much is the most kept below a snapshot")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long SIGTERM waits for leadership handover and requests in flight")
@@ -76,7 +79,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (with --token-file it needs an admin token; without, use it only on trusted networks)")
 	fs.StringVar(&c.security.certFile, "cert-file", "", "this node's TLS certificate (PEM), served to clients and peers and shown to peers; turns TLS on (URLs become https://)")
 	fs.StringVar(&c.security.keyFile, "key-file", "", "the private key of --cert-file (PEM)")
-	fs.StringVar(&c.security.peerCAFile, "peer-ca-file", "", "CA certificates (PEM) that sign the members' certificates: only their holders may send raft traffic")
+	fs.StringVar(&c.security.peerCAFile, "peer-ca-file", "", "CA certificates (PEM) that directly sign the members' certificates (this node's too): only their holders may send raft traffic; required with TLS")
 	fs.StringVar(&c.security.clientCAFile, "client-ca-file", "", "CA certificates (PEM) that sign client certificates; when set, every client must present one (mutual TLS)")
 	fs.StringVar(&c.security.tokenFile, "token-file", "", "bearer tokens, one per line: NAME ROLE PREFIXES SECRET; when set, every call needs one (SIGHUP reloads it and the certificate)")
 	return fs
@@ -181,7 +184,8 @@ type instance struct {
 	// peers are the members this node started with: whom to ask whether it
 	// was removed when its own member table is empty (a member removed
 	// before it caught up).
-	peers []node.Peer
+	peers   []node.Peer
+	dataDir string
 }
 
 // start opens the data dir, starts the raft node and serves the API and the
@@ -201,8 +205,11 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	if c.join != "" {
 		urls = append(urls, c.join)
 	}
-	if in.sec, err = loadSecurity(c.security, len(peers) > 1 || c.join != "", urls); err != nil {
+	if in.sec, err = loadSecurity(c.security, urls); err != nil {
 		return nil, usageError{err}
+	}
+	if why, err := os.ReadFile(filepath.Join(c.dataDir, removedMarker)); err == nil {
+		return nil, fmt.Errorf("data dir %s belongs to a member removed from its cluster (%s); to rejoin, start a new member with an empty data dir: lockd member add, then lockd serve --join", c.dataDir, strings.TrimSpace(string(why)))
 	}
 	if in.ln, err = net.Listen("tcp", c.listen); err != nil {
 		return nil, err
@@ -222,6 +229,12 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 			}
 		}
 	}
+	var snapshotBytes int64
+	if c.snapshotBytes != "" {
+		if snapshotBytes, err = parseBytes(c.snapshotBytes); err != nil || snapshotBytes <= 0 {
+			return nil, usageError{fmt.Errorf("--snapshot-bytes %q: want a size such as 64MiB", c.snapshotBytes)}
+		}
+	}
 	mux := http.NewServeMux()
 	reg := newRegistry()
 	faults := faultInjection(mux)
@@ -239,6 +252,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 		HeartbeatInterval: c.heartbeat,
 		ElectionTimeout:   c.electionTimeout,
 		SnapshotEntries:   c.snapshotEntries,
+		SnapshotBytes:     uint64(snapshotBytes),
 		CompactionMargin:  c.compactionMargin,
 		Faults:            faults,
 		PeerTLS:           in.sec.peerTLS(),
@@ -302,6 +316,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	}
 	in.sec.log(log)
 	in.peers = peers
+	in.dataDir = c.dataDir
 	go in.watchRemoval(c.name, c.electionTimeout)
 	log.Info().Str("name", c.name).Str("listen", in.ln.Addr().String()).Str("data-dir", c.dataDir).
 		Str("initial-cluster", c.initialCluster).Msg("lockd serving")
@@ -495,7 +510,7 @@ func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 		case <-in.quit:
 			return
 		case <-in.node.Removed():
-			close(in.removed)
+			in.markRemoved(name, "it applied its own removal")
 			return
 		case <-tick.C:
 		}
@@ -510,10 +525,24 @@ func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 			continue
 		}
 		if in.removedPerPeers(name, electionTimeout) {
-			close(in.removed)
+			in.markRemoved(name, "a member that knows the leader no longer lists it")
 			return
 		}
 	}
+}
+
+// removedMarker is the file in a data dir that says its member was
+// removed: a removed member must not come back with its old identity and
+// log, so lockd serve refuses the data dir from then on.
+const removedMarker = "REMOVED"
+
+// markRemoved writes the marker and closes in.removed.
+func (in *instance) markRemoved(name, why string) {
+	text := fmt.Sprintf("member %s removed at %s: %s\n", name, time.Now().UTC().Format(time.RFC3339), why)
+	if err := os.WriteFile(filepath.Join(in.dataDir, removedMarker), []byte(text), 0o644); err != nil {
+		in.log.Error().Err(err).Msg("could not mark the data dir as removed")
+	}
+	close(in.removed)
 }
 
 // removedPerPeers asks the other members this node knows whether it is

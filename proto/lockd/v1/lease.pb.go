@@ -682,7 +682,8 @@ func (x *GetLeaseResponse) GetLease() *Lease {
 	return nil
 }
 
-// A client token lists only its own leases.
+// A client token lists only its own leases: a page may then hold fewer
+// than limit, even none, with more to come (next_page_token is set).
 type ListLeasesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many leases (default 100, at most 1000).
