@@ -425,8 +425,33 @@ func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc)
 		if err != nil {
 			return err
 		}
-		return next(ctx, &authorizedConn{StreamingHandlerConn: conn, s: a.s, ctx: ctx, rule: r})
+		if principalFrom(ctx) == nil {
+			return next(ctx, &authorizedConn{StreamingHandlerConn: conn, s: a.s, ctx: ctx, rule: r})
+		}
+		// A stream opened with a token lasts until the tokens change; then
+		// its client reconnects and is judged by the new ones.
+		a.s.authMu.Lock()
+		gen := a.s.authGen
+		a.s.authMu.Unlock()
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(gen, cancel)()
+		err = next(ctx, &authorizedConn{StreamingHandlerConn: conn, s: a.s, ctx: ctx, rule: r})
+		if gen.Err() != nil {
+			return connect.NewError(connect.CodeUnavailable, errors.New("the cluster's credentials were reloaded; reconnect"))
+		}
+		return err
 	}
+}
+
+// ReauthorizeStreams ends every stream opened with a token, with
+// Unavailable, so that its client reconnects and is judged afresh: call it
+// after the tokens change.
+func (s *Server) ReauthorizeStreams() {
+	s.authMu.Lock()
+	defer s.authMu.Unlock()
+	s.authEnd()
+	s.authGen, s.authEnd = context.WithCancel(context.Background())
 }
 
 // authorizedConn checks the names of a stream's request as it is read.

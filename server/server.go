@@ -90,6 +90,12 @@ type Server struct {
 	wg     sync.WaitGroup
 	bgMu   sync.Mutex // orders wg.Add with Close's wg.Wait
 	closed bool
+
+	// authGen ends when the credentials are reloaded, and with it every
+	// stream a token opened (ReauthorizeStreams).
+	authMu  sync.Mutex
+	authGen context.Context
+	authEnd context.CancelFunc
 }
 
 // New builds a server and subscribes it to the table's events.
@@ -117,6 +123,7 @@ func New(cfg Config) *Server {
 	s.metrics = newMetrics(cfg.Table, cfg.Metrics)
 	s.keeper = newKeeper(cfg.Raft, cfg.Table, cfg.Tick, cfg.Logger.With().Str("component", "keeper").Logger())
 	s.bg, s.cancel = context.WithCancel(context.Background())
+	s.authGen, s.authEnd = context.WithCancel(context.Background())
 	cfg.Table.Observe(func(events []locks.Event) {
 		s.hub.publish(events)
 		s.keeper.observe(events)

@@ -79,14 +79,27 @@ func (p *securePKI) clientsTLS(t *testing.T, url, token string, cfg *tls.Config)
 	return newClientsHTTP(&http.Client{Transport: tr}, url, opts...)
 }
 
-// tokenInterceptor sends a bearer token, as the SDK's WithToken does.
-func tokenInterceptor(token string) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+token)
-			return next(ctx, req)
-		}
+// tokenInterceptor sends a bearer token with calls and streams, as the
+// SDK's WithToken does.
+type tokenInterceptor string
+
+func (ti tokenInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(ti))
+		return next(ctx, req)
 	}
+}
+
+func (ti tokenInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(ti))
+		return conn
+	}
+}
+
+func (ti tokenInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
 
 func wantDenied(t *testing.T, what string, err error) {
@@ -162,6 +175,9 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 		watch.Close()
 	}
 	wantDenied(t, "watch of b/", err)
+	if !strings.Contains(err.Error(), "may not read every name") {
+		t.Fatalf("watch of b/ refused for another reason: %v", err)
+	}
 
 	// Bob shares the prefix, not the lease.
 	_, err = acquire(ctx, bob, &lockdv1.AcquireRequest{Name: "a/y", LeaseId: lease})
@@ -183,6 +199,9 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 		events.Close()
 	}
 	wantDenied(t, "bob following alice's lease", err)
+	if !strings.Contains(err.Error(), "another principal") {
+		t.Fatalf("bob's events refused for another reason: %v", err)
+	}
 	list, err := bob.lease.List(ctx, connect.NewRequest(&lockdv1.ListLeasesRequest{}))
 	if err != nil || len(list.Msg.GetLeases()) != 0 {
 		t.Fatalf("bob's lease list: %v %v, want none of alice's", list, err)
@@ -200,6 +219,9 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 		snap.Close()
 	}
 	wantDenied(t, "a client taking a backup", err)
+	if !strings.Contains(err.Error(), "admin") {
+		t.Fatalf("a client's backup refused for another reason: %v", err)
+	}
 	_, err = alice.cluster.TransferLeader(ctx, connect.NewRequest(&lockdv1.TransferLeaderRequest{}))
 	wantDenied(t, "a client transferring leadership", err)
 
@@ -229,11 +251,28 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 		t.Fatalf("admin revoke of alice's lease: %v", err)
 	}
 
-	// Tokens are reloaded without a restart: carol appears, bob goes.
+	// Tokens are reloaded without a restart: carol appears, bob goes, and
+	// so does the stream bob had open.
+	bobWatch, err := bob.lock.Watch(ctx, connect.NewRequest(&lockdv1.WatchRequest{Name: "a/", Prefix: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquire(ctx, alice, &lockdv1.AcquireRequest{Name: "a/w", LeaseId: grant(t, alice, 5*time.Second, "alice")}); err != nil {
+		t.Fatal(err)
+	}
+	if !bobWatch.Receive() {
+		t.Fatalf("bob's watch of a/: %v", bobWatch.Err())
+	}
 	pki.writeTokens(t, "alice client a/ "+aliceToken+"\ncarol client c/ carol-secret-0123456789\nops admin * "+opsToken+"\n")
 	for _, in := range ins {
 		in.reload()
 	}
+	for bobWatch.Receive() {
+	}
+	if code := codeOf(bobWatch.Err()); code != connect.CodeUnavailable {
+		t.Fatalf("bob's watch after his token went: %v, want Unavailable (reconnect)", bobWatch.Err())
+	}
+	bobWatch.Close()
 	grant(t, pki.clients(t, leader.url(), "carol-secret-0123456789"), 5*time.Second, "carol")
 	_, err = bob.lease.Grant(ctx, connect.NewRequest(&lockdv1.GrantRequest{Ttl: durationpb.New(5 * time.Second)}))
 	wantDenied(t, "bob after his token was removed", err)

@@ -329,6 +329,7 @@ func (in *instance) reload() {
 		in.log.Error().Err(err).Msg("reload failed; still serving with the certificate and tokens loaded before")
 		return
 	}
+	in.api.ReauthorizeStreams()
 	in.log.Info().Msg("reloaded the certificate and tokens")
 }
 
