@@ -48,7 +48,22 @@ func TestLeaseBelongsToItsPrincipal(t *testing.T) {
 	h.ok(h.apply(as("ops", true, cmdCancel(b, w))))
 	h.ok(h.apply(as("", false, cmdRelease(a, "x", tok))))
 	h.ok(h.apply(as("ops", true, cmdRevoke(a))))
+	// The events say who caused them, for the audit log.
+	if len(h.last) == 0 {
+		t.Fatal("a revoke emitted no events")
+	}
+	for _, e := range h.last {
+		if e.By != "ops" {
+			t.Fatalf("event %+v of ops's revoke is by %q", e, e.By)
+		}
+	}
 	h.ok(h.apply(as("bob", false, cmdRevoke(b))))
+	h.ok(h.apply(cmdExpire(h.lease(), 1)))
+	for _, e := range h.last {
+		if e.By != "" {
+			t.Fatalf("an expiry's event %+v is by %q", e, e.By)
+		}
+	}
 }
 
 func TestPrincipalSurvivesSnapshot(t *testing.T) {

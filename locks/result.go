@@ -130,4 +130,8 @@ type Event struct {
 	// with EndDelay(name, DelayRevision) once Delay has passed.
 	Delay         time.Duration
 	DelayRevision uint64
+	// By is the principal (a token's name) whose command caused the event:
+	// the releaser's for the grant a release hands on, the admin's for a
+	// force release; "" without authentication and for expiries.
+	By string
 }

@@ -35,6 +35,7 @@ type Table struct {
 	waiters  map[uint64]*waiter
 	nsWaits  map[string]int // queued waiter entries per namespace
 	events   []Event        // of the command being applied
+	by       string         // the principal of the command being applied
 	observer func([]Event)
 }
 
@@ -135,6 +136,8 @@ func (t *Table) apply(data []byte) *Result {
 		return &Result{Err: errorf(Invalid, "undecodable command: %v", err)}
 	}
 	now := cmd.GetProposedUnixNano()
+	t.by = cmd.GetPrincipal()
+	defer func() { t.by = "" }()
 	switch op := cmd.GetOp().(type) {
 	case *statev1.Command_GrantLease:
 		return t.grantLease(op.GrantLease, cmd.GetPrincipal())
@@ -227,6 +230,7 @@ func (t *Table) emit(e Event) {
 	if e.Revision == 0 {
 		e.Revision = t.rev
 	}
+	e.By = t.by
 	t.events = append(t.events, e)
 }
 

@@ -25,6 +25,9 @@ func audit(log *zerolog.Logger, events []locks.Event) {
 			continue
 		}
 		ev.Uint64("revision", e.Revision).Uint64("lease", e.LeaseID)
+		if e.By != "" {
+			ev.Str("by", e.By)
+		}
 		if e.Token != 0 {
 			ev.Uint64("token", e.Token)
 		}
