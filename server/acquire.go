@@ -27,7 +27,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 	match := func(e locks.Event) bool {
 		return e.Type == locks.Granted || e.Type == locks.Withdrawn || e.Type == locks.LeaseEnded
 	}
-	sub := s.hub.subscribeLease(leaseID, match)
+	sub := s.hub.subscribeLease(leaseID, acquireSubBuffer, match)
 	defer func() { sub.close() }()
 	// Propose without the caller's cancellation: once handed to raft the
 	// command may be applied whatever the caller does, and this side must
@@ -75,7 +75,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 		case <-sub.lost:
 			// Cut off by the hub: listen again, then look at the table, so
 			// that a grant made in between is seen one way or the other.
-			sub = s.hub.subscribeLease(leaseID, match)
+			sub = s.hub.subscribeLease(leaseID, acquireSubBuffer, match)
 			if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
 				return r, err
 			}

@@ -28,10 +28,14 @@ const (
 	// subBuffer is a stream's buffer (Watch, Observe): deep, so that a
 	// burst does not cut a slow reader off.
 	subBuffer = 1024
-	// leaseSubBuffer is the buffer of a subscriber to one lease's events:
-	// a blocked acquire needs one event, and one that misses some because
-	// its lease had a burst is cut off and looks at the table instead.
+	// leaseSubBuffer is the buffer of a stream of one lease's events
+	// (LeaseService.Events).
 	leaseSubBuffer = 64
+	// acquireSubBuffer is the buffer of an acquire waiting for its grant: it
+	// needs one event, and one that misses some because its lease had a
+	// burst is cut off and looks at the table instead. Every acquire makes
+	// one, so it is small: at 64 it was a fifth of the leader's allocation.
+	acquireSubBuffer = 4
 )
 
 type subscription struct {
@@ -118,10 +122,10 @@ func (h *hub) remove(s *subscription) {
 }
 
 // subscribeLease registers a subscriber to events of one lease that match.
-func (h *hub) subscribeLease(lease uint64, match func(locks.Event) bool) *subscription {
+func (h *hub) subscribeLease(lease uint64, buffer int, match func(locks.Event) bool) *subscription {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := &subscription{h: h, lease: lease, match: match, c: make(chan locks.Event, leaseSubBuffer), lost: make(chan struct{})}
+	s := &subscription{h: h, lease: lease, match: match, c: make(chan locks.Event, buffer), lost: make(chan struct{})}
 	subs := h.byLease[lease]
 	if subs == nil {
 		subs = map[*subscription]struct{}{}

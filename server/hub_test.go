@@ -70,8 +70,8 @@ func TestHubSlowSubscriber(t *testing.T) {
 // falls behind or the table resets, and is forgotten when closed.
 func TestHubLeaseSubscriber(t *testing.T) {
 	h := newHub()
-	s := h.subscribeLease(7, all)
-	other := h.subscribeLease(8, all)
+	s := h.subscribeLease(7, leaseSubBuffer, all)
+	other := h.subscribeLease(8, leaseSubBuffer, all)
 	h.publish([]locks.Event{
 		{Type: locks.Granted, Revision: 1, Name: "a", LeaseID: 7},
 		{Type: locks.Granted, Revision: 2, Name: "b", LeaseID: 8},
@@ -96,7 +96,7 @@ func TestHubLeaseSubscriber(t *testing.T) {
 		t.Fatal("a lease subscriber that fell behind was not cut off")
 	}
 	s.close() // after a cut-off: no effect
-	r := h.subscribeLease(9, all)
+	r := h.subscribeLease(9, leaseSubBuffer, all)
 	h.publish([]locks.Event{{Type: locks.Reset, Revision: 100}})
 	select {
 	case <-r.lost:

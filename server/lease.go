@@ -222,7 +222,7 @@ func (h *leaseHandler) Events(ctx context.Context, req *connect.Request[lockdv1.
 	id := req.Msg.GetLeaseId()
 	// Losses and the lease's end, not every grant and release: those the
 	// holder learns from its own calls.
-	sub := h.s.hub.subscribeLease(id, func(e locks.Event) bool {
+	sub := h.s.hub.subscribeLease(id, leaseSubBuffer, func(e locks.Event) bool {
 		return e.Type == locks.ForceReleased || e.Type == locks.LeaseEnded || (e.Type == locks.Released && e.Reason != "released")
 	})
 	defer sub.close()
