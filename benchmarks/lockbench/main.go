@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -77,8 +78,17 @@ func main() {
 		rounds    = flag.Int("rounds", 5, "failover: SIGKILLs of the leading process")
 		leaderEp  = flag.String("leader", "", "caughtup: the leader's endpoint")
 		dir       = flag.String("dir", "", "floor: directory to measure fsync in, on the servers' disk (default: the temp dir)")
+		cpuProf   = flag.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	)
 	flag.Parse()
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fail(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	switch *workload {
 	case "report":
 		reportMain(flag.Arg(0)) // lockbench -workload report results.jsonl
