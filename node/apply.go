@@ -181,7 +181,9 @@ func (n *Node) applyWork(w applyWork) error {
 		a.conf, a.members = m.conf, m.members
 		n.snapIndex.Store(idx)
 		n.applied.Store(idx)
-		a.sinceSnap = 0
+		// The sizes recorded so far are of entries before the snapshot's
+		// gap: forget them.
+		a.sinceSnap, a.next = 0, 0
 		n.metrics.snapshotBytes.Set(float64(len(w.snapState)))
 		n.log.Info().Uint64("index", idx).Msg("restored snapshot from leader")
 	}

@@ -55,7 +55,8 @@ type Config struct {
 	// CompactionMargin is how many entries below a snapshot are kept, so a
 	// follower that lags a little catches up from the log rather than by a
 	// snapshot: at most this many, and at most SnapshotBytes/2 bytes of
-	// them. Default 5000.
+	// them (a bound kept for margins up to 65536 entries; larger ones, for
+	// tests that keep the whole log, are bounded by count). Default 5000.
 	CompactionMargin uint64
 
 	// Faults, when set, sees every outgoing peer batch and may drop or delay

@@ -421,6 +421,11 @@ func (a authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) c
 
 func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		// The generation first: a reload that lands during the check below
+		// then ends this stream too.
+		a.s.authMu.Lock()
+		gen := a.s.authGen
+		a.s.authMu.Unlock()
 		ctx, r, err := a.s.authenticate(ctx, conn.Spec().Procedure, conn.RequestHeader())
 		if err != nil {
 			return err
@@ -430,19 +435,18 @@ func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc)
 		}
 		// A stream opened with a token lasts until the tokens change; then
 		// its client reconnects and is judged by the new ones.
-		a.s.authMu.Lock()
-		gen := a.s.authGen
-		a.s.authMu.Unlock()
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		defer context.AfterFunc(gen, cancel)()
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		defer context.AfterFunc(gen, func() { cancel(errReloaded) })()
 		err = next(ctx, &authorizedConn{StreamingHandlerConn: conn, s: a.s, ctx: ctx, rule: r})
-		if gen.Err() != nil {
-			return connect.NewError(connect.CodeUnavailable, errors.New("the cluster's credentials were reloaded; reconnect"))
+		if context.Cause(ctx) == errReloaded {
+			return connect.NewError(connect.CodeUnavailable, errReloaded)
 		}
 		return err
 	}
 }
+
+var errReloaded = errors.New("the cluster's credentials were reloaded; reconnect")
 
 // ReauthorizeStreams ends every stream opened with a token, with
 // Unavailable, so that its client reconnects and is judged afresh: call it

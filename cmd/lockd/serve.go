@@ -231,8 +231,8 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	}
 	var snapshotBytes int64
 	if c.snapshotBytes != "" {
-		if snapshotBytes, err = parseBytes(c.snapshotBytes); err != nil || snapshotBytes <= 0 {
-			return nil, usageError{fmt.Errorf("--snapshot-bytes %q: want a size such as 64MiB", c.snapshotBytes)}
+		if snapshotBytes, err = parseBytes(c.snapshotBytes); err != nil || snapshotBytes < 1<<20 {
+			return nil, usageError{fmt.Errorf("--snapshot-bytes %q: want a size of at least 1MiB, such as 64MiB", c.snapshotBytes)}
 		}
 	}
 	mux := http.NewServeMux()
@@ -500,8 +500,8 @@ func probeTLS(url string, cfg *tls.Config) error {
 // watchRemoval closes in.removed once this member has been removed from the
 // cluster: when it applies its own removal, or, since a removed member may
 // never learn that its removal was committed (the leader stops talking to
-// it), when it has known no leader for three election timeouts and a
-// member that knows one no longer lists it.
+// it), when it has known no leader for three election timeouts and
+// the leader no longer lists it.
 func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 	tick := time.NewTicker(electionTimeout)
 	defer tick.Stop()
@@ -511,6 +511,8 @@ func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 		case <-in.quit:
 			return
 		case <-in.node.Removed():
+			// Only the member's own log is proof enough to mark the data
+			// dir for good.
 			in.markRemoved(name, "it applied its own removal")
 			return
 		case <-tick.C:
@@ -526,7 +528,10 @@ func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 			continue
 		}
 		if in.removedPerPeers(name, electionTimeout) {
-			in.markRemoved(name, "a member that knows the leader no longer lists it")
+			// The leader's word: this node stops, but does not mark its
+			// data dir, in case that leader was stale; if it was, a restart
+			// finds the member still in the cluster.
+			close(in.removed)
 			return
 		}
 	}
@@ -539,6 +544,11 @@ const removedMarker = "REMOVED"
 
 // markRemoved writes the marker and closes in.removed.
 func (in *instance) markRemoved(name, why string) {
+	select {
+	case <-in.quit:
+		return // closed meanwhile; its data dir may be going away
+	default:
+	}
 	text := fmt.Sprintf("member %s removed at %s: %s\n", name, time.Now().UTC().Format(time.RFC3339), why)
 	if err := os.WriteFile(filepath.Join(in.dataDir, removedMarker), []byte(text), 0o644); err != nil {
 		in.log.Error().Err(err).Msg("could not mark the data dir as removed")
@@ -547,7 +557,9 @@ func (in *instance) markRemoved(name, why string) {
 }
 
 // removedPerPeers asks the other members this node knows whether it is
-// still a member; only an answer from a member that knows a leader counts.
+// still a member; only the leader's answer counts: a follower may not have
+// applied the change that added this member yet, and a wrong "removed" is
+// for good (markRemoved).
 func (in *instance) removedPerPeers(name string, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -573,7 +585,7 @@ func (in *instance) removedPerPeers(name string, timeout time.Duration) bool {
 		}
 		pst, err := c.Status(ctx)
 		c.Close()
-		if err != nil || pst.GetLeader() == "" {
+		if err != nil || pst.GetState() != "leader" || pst.GetClusterId() != strconv.FormatUint(st.ClusterID, 16) {
 			continue
 		}
 		for _, pm := range pst.GetMembers() {
