@@ -44,6 +44,8 @@ Usage:
   lockd snapshot save FILE                  back the lock table up to FILE
   lockd snapshot restore FILE --name N --data-dir DIR --initial-cluster N=URL,...
                                             seed a member of a new cluster from FILE
+  lockd token new NAME --prefixes P,... [--role client|admin]
+                                            make a token and its line for serve --token-file
 
 Client commands take --endpoints host:port,... (env LOCKD_ENDPOINTS),
 --ttl DURATION and --output json. 'lockd COMMAND -h' lists a command's flags.
@@ -79,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = snapshotCmd(args[1:], stdout, stderr)
 	case "member":
 		err = memberCmd(args[1:], stdout, stderr)
+	case "token":
+		err = tokenCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

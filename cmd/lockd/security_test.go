@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 	lockd "github.com/lockd-io/lockd/clients/go"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"github.com/lockd-io/lockd/server"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -479,5 +481,39 @@ func TestSecurityFlagsMustFit(t *testing.T) {
 	}
 	if _, err := loadSecurity(securityFlags{certFile: cert, keyFile: key, peerCAFile: ca.File}, three); err != nil {
 		t.Errorf("TLS with a peer CA: %v", err)
+	}
+}
+
+// lockd token new makes a token and the line that admits it, holding only
+// its hash; bad roles and prefixes are usage errors.
+func TestTokenNew(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"token", "new", "billing", "--prefixes", "billing/,jobs/", "--output", "json"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var got struct{ Token, Line string }
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(got.Line, got.Token) || len(got.Token) < 32 {
+		t.Fatalf("token %q, line %q: want a long token whose line holds only its hash", got.Token, got.Line)
+	}
+	tokens, err := server.ParseTokens(strings.NewReader(got.Line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := tokens.Lookup(got.Token); !ok || p.Name != "billing" || p.Role != server.RoleClient || len(p.Prefixes) != 2 {
+		t.Fatalf("the line admits %+v, %v", p, ok)
+	}
+	for _, args := range [][]string{
+		{"token", "new", "x", "--role", "root", "--prefixes", "*"},
+		{"token", "new", "x"},
+		{"token", "new", "x", "--prefixes", "a/,,b/"},
+		{"token", "new"},
+		{"token"},
+	} {
+		if code := run(args, &out, &errOut); code != 2 {
+			t.Errorf("lockd %s: exit %d, want 2", strings.Join(args, " "), code)
+		}
 	}
 }
