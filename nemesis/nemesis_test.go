@@ -149,6 +149,7 @@ type recorder struct {
 	counts   map[string]int
 	problems []string // anomalies seen while running (fenced writes refused)
 	tokens   map[string][]uint64
+	retired  []*testcluster.Proc // members the nemesis replaced, for their logs
 }
 
 func (r *recorder) since() time.Duration { return time.Since(r.t0) }
@@ -285,7 +286,7 @@ func save(t *testing.T, rec *recorder, anomalies []string, procs []*testcluster.
 		ops = append(ops, fmt.Sprintf("%d %s %v %+v %+v %d %d", o.ClientId, o.Metadata, o.Input.(MutexInput).Kind, o.Input, o.Output, o.Call, o.Return))
 	}
 	write("ops.json", ops)
-	for _, p := range procs {
+	for _, p := range slices.Concat(procs, rec.retired) {
 		os.WriteFile(filepath.Join(dir, p.Name+".log"), []byte(p.Log.String()), 0o644)
 	}
 	return dir
@@ -634,11 +635,13 @@ func nemesis(ctx context.Context, t *testing.T, bin string, procs []*testcluster
 			switch rng.IntN(5) {
 			case 4:
 				counts["replace"]++
-				if err := replaceMember(t, bin, procs, slices.Index(procs, victim), counts["replace"]); err != nil {
-					rec.mu.Lock()
+				err := replaceMember(t, bin, procs, slices.Index(procs, victim), counts["replace"])
+				rec.mu.Lock()
+				rec.retired = append(rec.retired, victim)
+				if err != nil {
 					rec.problems = append(rec.problems, "membership change: "+err.Error())
-					rec.mu.Unlock()
 				}
+				rec.mu.Unlock()
 			case 0:
 				counts["kill"]++
 				victim.Signal(syscall.SIGKILL)
