@@ -517,3 +517,42 @@ func TestTokenNew(t *testing.T) {
 		}
 	}
 }
+
+// With tokens, the profiler needs an admin token; /metrics and the health
+// endpoints stay open to scrapers and probes.
+func TestPprofNeedsAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("ops admin * "+opsToken+"\nalice client a/ "+aliceToken+"\n"), 0o600)
+	ins := startInstancesConfig(t, 1, "http", func(i int, c *serveConfig) {
+		c.pprof = true
+		c.security.tokenFile = tokens
+	})
+	get := func(path, token string) int {
+		req, _ := http.NewRequest(http.MethodGet, ins[0].url()+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/debug/pprof/", "", http.StatusForbidden},
+		{"/debug/pprof/", aliceToken, http.StatusForbidden},
+		{"/debug/pprof/cmdline", "", http.StatusForbidden},
+		{"/debug/pprof/", opsToken, http.StatusOK},
+		{"/metrics", "", http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+	} {
+		if got := get(tc.path, tc.token); got != tc.want {
+			t.Errorf("GET %s with token %q: %d, want %d", tc.path, tc.token, got, tc.want)
+		}
+	}
+}
