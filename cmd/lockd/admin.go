@@ -34,23 +34,18 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	fs := newFlagSet("status", "status [flags]", stderr)
 	cf.register(fs)
-	pos, _, err := parseArgs(fs, args)
+	pos, _, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
 	}
-	c, err := cf.client()
+	c, ctx, done, err := cf.oneShot()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := withTimeout(cf.timeout)
-	defer cancel()
+	defer done()
 	st, err := c.Status(ctx)
 	if err != nil {
 		return describeErr(err)
@@ -89,23 +84,18 @@ func locksCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("locks", "locks list [PREFIX] | locks describe NAME", stderr)
 	cf.register(fs)
 	fs.UintVar(&limit, "limit", 0, "list at most this many locks (0 = all)")
-	pos, _, err := parseArgs(fs, args)
+	pos, _, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) == 0 || (pos[0] == "describe" && len(pos) != 2) || (pos[0] == "list" && len(pos) > 2) || (pos[0] != "list" && pos[0] != "describe") {
 		return usageError{errors.New("usage: lockd locks list [PREFIX] | lockd locks describe NAME")}
 	}
-	c, err := cf.client()
+	c, ctx, done, err := cf.oneShot()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := withTimeout(cf.timeout)
-	defer cancel()
+	defer done()
 	if pos[0] == "describe" {
 		d, err := c.Describe(ctx, pos[1])
 		if err != nil {
@@ -182,23 +172,18 @@ func leaseCmd(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	fs := newFlagSet("lease", "lease list | lease revoke ID", stderr)
 	cf.register(fs)
-	pos, _, err := parseArgs(fs, args)
+	pos, _, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) == 0 || (pos[0] == "list" && len(pos) != 1) || (pos[0] == "revoke" && len(pos) != 2) || (pos[0] != "list" && pos[0] != "revoke") {
 		return usageError{errors.New("usage: lockd lease list | lockd lease revoke ID")}
 	}
-	c, err := cf.client()
+	c, ctx, done, err := cf.oneShot()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := withTimeout(cf.timeout)
-	defer cancel()
+	defer done()
 	if pos[0] == "revoke" {
 		id, err := strconv.ParseUint(pos[1], 10, 64)
 		if err != nil || id == 0 {

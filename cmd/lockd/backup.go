@@ -47,24 +47,19 @@ func snapshotSave(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	fs := newFlagSet("snapshot save", "snapshot save FILE", stderr)
 	cf.register(fs)
-	pos, _, err := parseArgs(fs, args)
+	pos, _, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		return usageError{errors.New("usage: lockd snapshot save FILE")}
 	}
 	path := pos[0]
-	c, err := cf.client()
+	c, ctx, done, err := cf.oneShot()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := withTimeout(cf.timeout)
-	defer cancel()
+	defer done()
 	var data bytes.Buffer
 	rev, sum, err := c.Snapshot(ctx, &data)
 	if err != nil {

@@ -114,6 +114,26 @@ func (c *clientFlags) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// parse parses a client command's arguments (as parseArgs) and checks the
+// client flags.
+func (c *clientFlags) parse(fs *flag.FlagSet, args []string) (positional, command []string, err error) {
+	if positional, command, err = parseArgs(fs, args); err != nil {
+		return nil, nil, err
+	}
+	return positional, command, c.validate()
+}
+
+// oneShot connects for a command of one call: a client and a context
+// bounded by --timeout, both released by done.
+func (c *clientFlags) oneShot() (_ *lockd.Client, _ context.Context, done func(), _ error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	return cl, ctx, func() { cancel(); cl.Close() }, nil
+}
+
 // parseArgs parses flags given before or after the positional arguments;
 // everything after "--" is returned apart, untouched (the command to run).
 func parseArgs(fs *flag.FlagSet, args []string) (positional, command []string, err error) {
@@ -161,8 +181,4 @@ func describeErr(err error) error {
 		return fmt.Errorf("%s: %s", ce.Code(), ce.Message())
 	}
 	return err
-}
-
-func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }

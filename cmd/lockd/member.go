@@ -22,11 +22,8 @@ func memberCmd(args []string, stdout, stderr io.Writer) error {
 	cf.register(fs)
 	peerURL := fs.String("peer-url", "", "add: the URL peers and clients reach the new member at")
 	learner := fs.Bool("learner", false, "add: as a learner (it receives the log without voting); promote it once it has caught up")
-	pos, _, err := parseArgs(fs, args)
+	pos, _, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	usage := usageError{errors.New("usage: lockd member add NAME --peer-url URL [--learner] | member promote NAME | member remove NAME | member list | member transfer [NAME]")}
@@ -43,13 +40,11 @@ func memberCmd(args []string, stdout, stderr io.Writer) error {
 	if pos[0] == "add" && *peerURL == "" {
 		return usageError{errors.New("member add needs --peer-url")}
 	}
-	c, err := cf.client()
+	c, ctx, done, err := cf.oneShot()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := withTimeout(cf.timeout)
-	defer cancel()
+	defer done()
 	if pos[0] == "transfer" {
 		name := ""
 		if len(pos) == 2 {

@@ -28,11 +28,8 @@ func lockCmd(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&wait, "wait", 0, "give up after waiting this long (exit 75); 0 waits for as long as it takes")
 	fs.BoolVar(&skipIfHeld, "skip-if-held", false, "exit 75 at once, without running CMD, if the lock is taken")
 	fs.DurationVar(&grace, "grace", 0, "time between SIGTERM and SIGKILL when CMD must stop (default TTL/4, at most 5s)")
-	pos, command, err := parseArgs(fs, args)
+	pos, command, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) != 1 || len(command) == 0 {
@@ -184,11 +181,8 @@ func electCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&value, "value", "", "the leader's value while this process leads (e.g. its address)")
 	fs.BoolVar(&observe, "observe", false, "print every change of leader instead of campaigning")
 	fs.DurationVar(&grace, "grace", 0, "time between SIGTERM and SIGKILL when CMD must stop (default TTL/4, at most 5s)")
-	pos, command, err := parseArgs(fs, args)
+	pos, command, err := cf.parse(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := cf.validate(); err != nil {
 		return err
 	}
 	if len(pos) != 1 || (observe == (len(command) > 0)) {
