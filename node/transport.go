@@ -269,8 +269,24 @@ type stream struct {
 // upgradeProtocol names the peer stream protocol in the Upgrade header.
 const upgradeProtocol = "lockd-raft/1"
 
+// checkScheme refuses a peer URL whose scheme does not fit this member:
+// https needs a TLS configuration, and a member with one talks TLS only.
+func (t *transport) checkScheme(peerURL string) error {
+	https := strings.HasPrefix(peerURL, "https://")
+	switch {
+	case https && t.tls == nil:
+		return fmt.Errorf("peer URL %s is https, but this member has no TLS configuration", peerURL)
+	case !https && t.tls != nil:
+		return fmt.Errorf("peer URL %s is plain http; a member with TLS talks to its peers only over TLS", peerURL)
+	}
+	return nil
+}
+
 // open dials the peer and upgrades the connection to a stream.
 func (p *peerSender) open() (*stream, error) {
+	if err := p.t.checkScheme(p.url); err != nil {
+		return nil, err
+	}
 	u, err := url.Parse(p.url)
 	if err != nil {
 		return nil, err
@@ -285,18 +301,13 @@ func (p *peerSender) open() (*stream, error) {
 	}
 	d := &net.Dialer{Timeout: p.t.writeTimeout, KeepAliveConfig: peerKeepAlive}
 	var conn net.Conn
-	switch {
-	case u.Scheme == "https" && p.t.tls != nil:
+	if p.t.tls != nil {
 		// HTTP/1.1 by ALPN: the stream is an upgraded HTTP/1.1 request.
 		cfg := p.t.tls.Clone()
 		cfg.NextProtos = []string{"http/1.1"}
 		td := tls.Dialer{NetDialer: d, Config: cfg}
 		conn, err = td.DialContext(p.ctx, "tcp", host)
-	case u.Scheme == "https":
-		err = fmt.Errorf("peer URL %s is https, but this member has no TLS configuration", p.url)
-	case p.t.tls != nil:
-		err = fmt.Errorf("peer URL %s is plain http; a member with TLS talks to its peers only over TLS", p.url)
-	default:
+	} else {
 		conn, err = d.DialContext(p.ctx, "tcp", host)
 	}
 	if err != nil {
@@ -369,8 +380,8 @@ func (p *peerSender) sendSnapshot(m *raftpb.Message) {
 			return
 		}
 	}
-	if p.t.tls != nil && !strings.HasPrefix(p.url, "https://") {
-		p.t.log.Warn().Str("peer", p.url).Msg("not sending a snapshot in plain text from a member with TLS")
+	if err := p.t.checkScheme(p.url); err != nil {
+		p.t.log.Warn().Err(err).Msg("not sending a snapshot")
 		return
 	}
 	data, err := proto.Marshal(m)

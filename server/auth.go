@@ -53,7 +53,9 @@ type Principal struct {
 	Prefixes []string
 }
 
-// mayName reports whether the principal may touch the lock name.
+// mayName reports whether the principal may touch the lock name. Given a
+// prefix, it reports whether every name under it is one the principal may
+// touch: an allowed prefix is a prefix of all of them.
 func (p *Principal) mayName(name string) bool {
 	if p.Prefixes == nil {
 		return true
@@ -163,10 +165,16 @@ func LoadTokens(path string) (*Tokens, error) {
 	return t, nil
 }
 
+// BearerToken is the token of an "Authorization: Bearer TOKEN" header.
+func BearerToken(h http.Header) (token string, ok bool) {
+	token, ok = strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	return token, ok && token != ""
+}
+
 // Lookup finds the principal of a token. The table is keyed by the
 // token's hash, so the lookup's timing says nothing about the secrets.
 func (t *Tokens) Lookup(token string) (*Principal, bool) {
-	if t == nil {
+	if t == nil || token == "" {
 		return nil, false
 	}
 	p, ok := t.byHash[sha256.Sum256([]byte(token))]
@@ -241,8 +249,8 @@ func (s *Server) authenticate(ctx context.Context, procedure string, header http
 	if tokens == nil {
 		return ctx, &r, nil
 	}
-	bearer, found := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
-	if !found || bearer == "" {
+	bearer, found := BearerToken(header)
+	if !found {
 		if member && r.member {
 			// One of the cluster's nodes, asking for the status (a
 			// forwarded keep-alive carries its caller's token instead).
@@ -276,31 +284,15 @@ func (s *Server) authorize(ctx context.Context, r *rule, msg any) error {
 	}
 	names, prefix := r.names(msg)
 	for _, n := range names {
-		if prefix {
-			if !p.mayPrefix(n) {
-				return denied("token %q may not read every name under %q", p.Name, n)
-			}
-			continue
-		}
-		if !p.mayName(n) {
+		switch {
+		case p.mayName(n):
+		case prefix:
+			return denied("token %q may not read every name under %q", p.Name, n)
+		default:
 			return denied("token %q may not touch %q", p.Name, n)
 		}
 	}
 	return nil
-}
-
-// mayPrefix reports whether every name under prefix is one the principal
-// may touch.
-func (p *Principal) mayPrefix(prefix string) bool {
-	if p.Prefixes == nil {
-		return true
-	}
-	for _, pre := range p.Prefixes {
-		if strings.HasPrefix(prefix, pre) {
-			return true
-		}
-	}
-	return false
 }
 
 // mayUseLeases refuses the call if a lease among ids, as this node knows

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -27,16 +28,34 @@ ops     admin  *              sha256:` + hex.EncodeToString(sum[:]) + `
 	if !p.mayName("jobs/x") || p.mayName("job") || p.mayName("other/jobs/x") {
 		t.Fatal("billing's prefixes match the wrong names")
 	}
-	if !p.mayPrefix("billing/eu/") || p.mayPrefix("") || p.mayPrefix("bill") {
+	if !p.mayName("billing/eu/") || p.mayName("") || p.mayName("bill") {
 		t.Fatal("billing's prefixes cover the wrong prefixes")
 	}
 	q, ok := tokens.Lookup("hashed-secret-0123")
-	if !ok || q.Name != "ops" || q.Role != RoleAdmin || q.Prefixes != nil || !q.mayPrefix("") {
+	if !ok || q.Name != "ops" || q.Role != RoleAdmin || q.Prefixes != nil || !q.mayName("") {
 		t.Fatalf("ops: %+v %v", q, ok)
 	}
 	for _, bad := range []string{"", "plain-secret-0123457", "sha256:" + hex.EncodeToString(sum[:])} {
 		if _, ok := tokens.Lookup(bad); ok {
 			t.Fatalf("token %q accepted", bad)
+		}
+	}
+}
+
+// No header, or an empty token, is never a token, even beside a hash of
+// the empty string.
+func TestEmptyTokenIsNone(t *testing.T) {
+	empty := sha256.Sum256(nil)
+	tokens, err := ParseTokens(strings.NewReader("e admin * sha256:" + hex.EncodeToString(empty[:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := tokens.Lookup(""); ok {
+		t.Fatalf("the empty token is %+v", p)
+	}
+	for _, h := range []string{"", "Bearer ", "Bearer", "Basic abc"} {
+		if tok, ok := BearerToken(http.Header{"Authorization": {h}}); ok {
+			t.Errorf("header %q gave token %q", h, tok)
 		}
 	}
 }

@@ -95,11 +95,11 @@ func (c *clientFlags) client() (*lockd.Client, error) {
 func (c *clientFlags) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.caFile != "" {
-		pool, _, err := loadCAs(c.caFile)
+		certs, err := loadCAs(c.caFile)
 		if err != nil {
 			return nil, fmt.Errorf("--ca-file: %w", err)
 		}
-		cfg.RootCAs = pool
+		cfg.RootCAs = certPool(certs)
 	}
 	if (c.certFile == "") != (c.keyFile == "") {
 		return nil, errors.New("--cert-file and --key-file go together")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -9,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,9 +36,9 @@ type security struct {
 	cert   atomic.Pointer[tls.Certificate]
 	tokens atomic.Pointer[server.Tokens]
 
-	peerCAs, clientCAs *x509.CertPool
-	// peerRoots and clientRoots are the certificates of each CA file.
-	peerRoots, clientRoots [][]byte
+	// The CA files, and both together for the TLS handshake; nil when not
+	// given.
+	peerCAs, clientCAs, eitherCAs *x509.CertPool
 
 	// identities remembers what identify found for a certificate, for a
 	// minute, so that a call does not pay for a chain verification.
@@ -78,21 +78,27 @@ func loadSecurity(f securityFlags, urls []string) (*security, error) {
 	if err := s.reload(); err != nil {
 		return nil, err
 	}
+	var peer, client []*x509.Certificate
 	var err error
 	if f.peerCAFile != "" {
-		if s.peerCAs, s.peerRoots, err = loadCAs(f.peerCAFile); err != nil {
+		if peer, err = loadCAs(f.peerCAFile); err != nil {
 			return nil, err
 		}
+		s.peerCAs = certPool(peer)
 	}
 	if f.clientCAFile != "" {
-		if s.clientCAs, s.clientRoots, err = loadCAs(f.clientCAFile); err != nil {
+		if client, err = loadCAs(f.clientCAFile); err != nil {
 			return nil, err
 		}
+		s.clientCAs = certPool(client)
 	}
-	for _, c := range s.clientRoots {
-		if containsCert(s.peerRoots, c) {
+	for _, c := range client {
+		if slices.ContainsFunc(peer, c.Equal) {
 			return nil, errors.New("--peer-ca-file and --client-ca-file share a certificate: the peer CA must sign members' certificates only, or any client could speak for a member")
 		}
+	}
+	if peer != nil || client != nil {
+		s.eitherCAs = certPool(slices.Concat(peer, client))
 	}
 	return s, nil
 }
@@ -125,13 +131,13 @@ func (s *security) reload() error {
 	return nil
 }
 
-func loadCAs(path string) (*x509.CertPool, [][]byte, error) {
+// loadCAs reads the PEM certificates of a CA file.
+func loadCAs(path string) ([]*x509.Certificate, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	pool := x509.NewCertPool()
-	var roots [][]byte
+	var certs []*x509.Certificate
 	for {
 		var b *pem.Block
 		b, data = pem.Decode(data)
@@ -143,36 +149,37 @@ func loadCAs(path string) (*x509.CertPool, [][]byte, error) {
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", path, err)
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return certs, nil
+}
+
+func certPool(certs []*x509.Certificate) *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, c := range certs {
 		pool.AddCert(c)
-		roots = append(roots, c.Raw)
 	}
-	if len(roots) == 0 {
-		return nil, nil, fmt.Errorf("%s: no PEM certificate", path)
-	}
-	return pool, roots, nil
+	return pool
 }
 
 func (s *security) currentCert() (*tls.Certificate, error) { return s.cert.Load(), nil }
 
 // serverTLS is the listener's TLS configuration: one certificate for
-// clients and peers alike, and client certificates verified against both
-// CAs when given; which CA a caller's chain ends at decides what it is
-// (identify).
+// clients and peers alike, and client certificates, when given, verified
+// against either CA; identify then tells which one a caller is.
 func (s *security) serverTLS() *tls.Config {
 	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.currentCert() },
 		NextProtos:     []string{"h2", "http/1.1"},
 	}
-	if s.peerCAs != nil || s.clientCAs != nil {
-		pool := x509.NewCertPool()
-		for _, raw := range append(append([][]byte{}, s.peerRoots...), s.clientRoots...) {
-			c, _ := x509.ParseCertificate(raw)
-			pool.AddCert(c)
-		}
-		cfg.ClientCAs = pool
+	if s.eitherCAs != nil {
+		cfg.ClientCAs = s.eitherCAs
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return cfg
@@ -227,15 +234,6 @@ func (s *security) identify(cs *tls.ConnectionState) (member, client bool) {
 	}
 	s.identities.Store(key, identity{member: member, client: client, at: time.Now()})
 	return member, client
-}
-
-func containsCert(set [][]byte, c []byte) bool {
-	for _, s := range set {
-		if bytes.Equal(s, c) {
-			return true
-		}
-	}
-	return false
 }
 
 // serverSecurity is what the API server needs to judge its callers.
@@ -295,8 +293,8 @@ func (s *security) requireAdmin(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if p, ok := s.tokens.Load().Lookup(token); !bearer || token == "" || !ok || p.Role != server.RoleAdmin {
+		token, _ := server.BearerToken(r.Header)
+		if p, ok := s.tokens.Load().Lookup(token); !ok || p.Role != server.RoleAdmin {
 			http.Error(w, "this endpoint needs an admin token (Authorization: Bearer …)", http.StatusForbidden)
 			return
 		}

@@ -67,10 +67,11 @@ func (p *securePKI) start(t *testing.T, size int) []*instance {
 
 // clients calls url over TLS with the client certificate and token.
 func (p *securePKI) clients(t *testing.T, url, token string) clients {
-	return p.clientsTLS(t, url, token, clientTLS(t, p.peerCA, p.clientCert, p.clientKey))
+	return clientsTLS(t, url, token, clientTLS(t, p.peerCA, p.clientCert, p.clientKey))
 }
 
-func (p *securePKI) clientsTLS(t *testing.T, url, token string, cfg *tls.Config) clients {
+// clientsTLS calls url over TLS configured by cfg, with token if set.
+func clientsTLS(t *testing.T, url, token string, cfg *tls.Config) clients {
 	tr := &http.Transport{TLSClientConfig: cfg, Protocols: new(http.Protocols)}
 	tr.Protocols.SetHTTP2(true)
 	t.Cleanup(tr.CloseIdleConnections)
@@ -144,7 +145,7 @@ func TestSecureClusterRefusesAndChangesNothing(t *testing.T) {
 		t.Fatal("a plain-text call to a TLS node succeeded")
 	}
 	// TLS, but no client certificate.
-	noCert := pki.clientsTLS(t, leader.url(), aliceToken, clientTLS(t, pki.peerCA, "", ""))
+	noCert := clientsTLS(t, leader.url(), aliceToken, clientTLS(t, pki.peerCA, "", ""))
 	_, err = noCert.lease.Grant(ctx, connect.NewRequest(&lockdv1.GrantRequest{Ttl: durationpb.New(5 * time.Second)}))
 	wantDenied(t, "grant without a client certificate", err)
 	// A certificate, but no token, or an unknown one.
@@ -443,10 +444,10 @@ func TestClientOfIntermediateIsNoMember(t *testing.T) {
 	refusedAtPeerEndpoints(t, ins[0], cfg, true)
 	// The same certificate is a good client certificate, and without a
 	// token it is no member that may ask for the status either.
-	c := (&securePKI{}).clientsTLS(t, ins[0].url(), "", cfg)
+	c := clientsTLS(t, ins[0].url(), "", cfg)
 	_, err := c.cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{}))
 	wantDenied(t, "status with a client certificate and no token", err)
-	if _, err := (&securePKI{}).clientsTLS(t, ins[0].url(), opsToken, cfg).cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{})); err != nil {
+	if _, err := clientsTLS(t, ins[0].url(), opsToken, cfg).cluster.Status(context.Background(), connect.NewRequest(&lockdv1.StatusRequest{})); err != nil {
 		t.Fatalf("status with the client certificate and a token: %v", err)
 	}
 }

@@ -224,7 +224,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 			return nil, err
 		}
 		if join {
-			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise, in.sec.peerTLS()); err != nil {
+			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise, in.sec); err != nil {
 				return nil, err
 			}
 		}
@@ -441,12 +441,8 @@ func storeEmpty(st *store.Store) (bool, error) {
 
 // joinInfo asks a member of a running cluster for its id and members, for
 // a new member name that was added there with lockd member add.
-func joinInfo(memberURL, name, advertise string, tlsConfig *tls.Config) ([]node.Peer, uint64, error) {
-	var opts []lockd.Option
-	if tlsConfig != nil {
-		opts = append(opts, lockd.WithTLS(tlsConfig))
-	}
-	c, err := lockd.New([]string{memberURL}, opts...)
+func joinInfo(memberURL, name, advertise string, sec *security) ([]node.Peer, uint64, error) {
+	c, err := lockd.New([]string{memberURL}, sec.clientOptions()...)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -455,11 +451,11 @@ func joinInfo(memberURL, name, advertise string, tlsConfig *tls.Config) ([]node.
 	defer cancel()
 	st, err := c.Status(ctx)
 	if err != nil {
-		if tlsConfig != nil {
+		if sec.tlsOn() {
 			// HTTP/2 hides why a TLS connection failed; ask once more over
 			// HTTP/1.1 to tell the operator (a certificate the member does
 			// not trust, usually).
-			err = fmt.Errorf("%w (TLS check: %v)", err, probeTLS(memberURL, tlsConfig))
+			err = fmt.Errorf("%w (TLS check: %v)", err, probeTLS(memberURL, sec.peerTLS()))
 		}
 		return nil, 0, fmt.Errorf("joining through %s: %w", memberURL, err)
 	}
