@@ -224,7 +224,7 @@ func (s *Store) commit(b *pebble.Batch, rewrites, sync bool, publish func()) err
 // log. It returns raft.ErrSnapOutOfDate if index is not past the current
 // snapshot's index, and an error if index is past LastIndex. The log is left
 // alone: call Compact to discard the entries the snapshot covers. The
-// returned snapshot is the caller's.
+// returned snapshot's metadata is the caller's; its Data is data.
 func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb.Snapshot, error) {
 	// Encode outside the write lock: a large snapshot takes a while, and
 	// raft's writes must not wait for it. Only the commit is ordered with
@@ -252,13 +252,21 @@ func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb
 			ConfState: proto.CloneOf(cs),
 		},
 	})
-	enc, err := proto.Marshal(snap)
-	if err != nil {
-		return nil, fmt.Errorf("store: encode snapshot: %w", err)
-	}
+	// Encoded straight into the batch: a snapshot of a large table is tens
+	// of MiB, and a copy of it is as much memory and time again.
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := b.Set(keySnapshot, enc, nil); err != nil {
+	size := proto.Size(snap)
+	op := b.SetDeferred(len(keySnapshot), size)
+	copy(op.Key, keySnapshot)
+	enc, err := proto.MarshalOptions{}.MarshalAppend(op.Value[:0], snap)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("store: encode snapshot: %w", err)
+	case len(enc) != size || (size > 0 && &enc[0] != &op.Value[0]):
+		return nil, fmt.Errorf("store: snapshot encoded to %d bytes, not the %d it measured", len(enc), size)
+	}
+	if err := op.Finish(); err != nil {
 		return nil, fmt.Errorf("store: create snapshot: %w", err)
 	}
 
@@ -281,7 +289,9 @@ func (s *Store) CreateSnapshot(index uint64, cs *pb.ConfState, data []byte) (*pb
 	if err := s.commit(b, false, true, func() { s.snap = snap.GetMetadata() }); err != nil {
 		return nil, err
 	}
-	return proto.CloneOf(snap), nil
+	// The caller's own data, and metadata of its own: the published
+	// metadata must not change under the store.
+	return &pb.Snapshot{Data: data, Metadata: proto.CloneOf(snap.GetMetadata())}, nil
 }
 
 func (s *Store) lastIndex() uint64 {
