@@ -300,15 +300,19 @@ func (s *Server) authorize(ctx context.Context, r *rule, msg any) error {
 // passes here; the command that uses it is checked again when applied.
 func (s *Server) mayUseLeases(ctx context.Context, ids ...uint64) error {
 	p := principalFrom(ctx)
-	if p == nil || p.Role == RoleAdmin {
-		return nil
-	}
 	for _, id := range ids {
-		if owner, ok := s.table.LeasePrincipal(id); ok && owner != p.Name {
+		if owner, ok := s.table.LeasePrincipal(id); ok && !p.mayUseLeaseOf(owner) {
 			return denied("lease %d belongs to another principal", id)
 		}
 	}
 	return nil
+}
+
+// mayUseLeaseOf reports whether the caller may use a lease that owner
+// granted: its own, or any for an admin or a cluster without tokens (p is
+// nil). The table applies the same rule to commands (Table.mayUse).
+func (p *Principal) mayUseLeaseOf(owner string) bool {
+	return p == nil || p.Role == RoleAdmin || p.Name == owner
 }
 
 // rule is who may call a procedure.

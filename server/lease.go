@@ -208,7 +208,7 @@ func (h *leaseHandler) List(ctx context.Context, req *connect.Request[lockdv1.Li
 	resp := &lockdv1.ListLeasesResponse{}
 	p := principalFrom(ctx)
 	for _, info := range infos {
-		if p == nil || p.Role == RoleAdmin || info.Principal == p.Name {
+		if p.mayUseLeaseOf(info.Principal) {
 			resp.Leases = append(resp.Leases, leaseProto(info))
 		}
 	}
