@@ -28,6 +28,14 @@
 // this node lost its leadership) fails at once with ErrLeaderChanged, its
 // outcome unknown, instead of waiting out its caller's timeout.
 //
+// A request that finds no leader waits out an election under way (up to two
+// election timeouts after this node lost its leader) and is served by the
+// new leader, as etcd holds its proposals; a node cut off from a quorum for
+// longer refuses at once with ErrNoLeader, so clients go elsewhere. When a
+// leader's process is gone (its port refuses connections after its stream
+// ended), followers do not wait out an election timeout of silence: they
+// leave its lease and campaign within a fifth of a timeout (leader.go).
+//
 // The node never imports the lock table: it drives the small StateMachine
 // interface, whose commands and results are opaque to it. Peers talk over
 // raw streams upgraded from HTTP/1.1 on the node's one port (see transport);

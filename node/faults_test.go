@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -11,18 +12,23 @@ import (
 	"time"
 )
 
-// history is what the clients of a fault run saw.
+// history is what the clients of a fault run saw: when each operation was
+// proposed, and when each acknowledged one was acknowledged (monotonic
+// time since the run began).
 type history struct {
 	mu       sync.Mutex
-	proposed map[uint64]bool
-	acked    map[uint64]bool
+	proposed map[uint64]time.Duration
+	acked    map[uint64]time.Duration
 }
 
 // checkHistories checks the replicated log against the clients' view:
 // every node applied the same operations in the same order, none twice,
-// every acknowledged operation is among them, and nothing was applied that
-// no client proposed. It returns one line per anomaly.
-func checkHistories(applied map[string][]uint64, proposed, acked map[uint64]bool) []string {
+// every acknowledged operation is among them, nothing was applied that no
+// client proposed, and the order respects real time: an operation
+// acknowledged before another was proposed comes first in the log (the
+// condition that makes the log linearizable). It returns one line per
+// anomaly.
+func checkHistories(applied map[string][]uint64, proposed, acked map[uint64]time.Duration) []string {
 	var anomalies []string
 	var refName string
 	var ref []uint64
@@ -38,7 +44,7 @@ func checkHistories(applied map[string][]uint64, proposed, acked map[uint64]bool
 				anomalies = append(anomalies, fmt.Sprintf("%s applied op %d twice (positions %d and %d)", name, op, j, i))
 			}
 			seen[op] = i
-			if !proposed[op] {
+			if _, ok := proposed[op]; !ok {
 				anomalies = append(anomalies, fmt.Sprintf("%s applied op %d that nobody proposed", name, op))
 			}
 		}
@@ -61,7 +67,42 @@ func checkHistories(applied map[string][]uint64, proposed, acked map[uint64]bool
 			anomalies = append(anomalies, fmt.Sprintf("acknowledged op %d was never applied", op))
 		}
 	}
+	anomalies = append(anomalies, checkRealTime(ref, proposed, acked)...)
 	slices.Sort(anomalies)
+	return anomalies
+}
+
+// checkRealTime reports every applied operation that the log puts before an
+// operation acknowledged before it was proposed. It walks the log's
+// operations in the order they were proposed, keeping the latest log
+// position among those acknowledged by then.
+func checkRealTime(log []uint64, proposed, acked map[uint64]time.Duration) []string {
+	pos := make(map[uint64]int, len(log))
+	for i, op := range log {
+		pos[op] = i
+	}
+	var done []uint64 // acknowledged and applied, by acknowledgement time
+	for op := range acked {
+		if _, ok := pos[op]; ok {
+			done = append(done, op)
+		}
+	}
+	slices.SortFunc(done, func(a, b uint64) int { return cmp.Compare(acked[a], acked[b]) })
+	byCall := slices.Clone(log)
+	slices.SortFunc(byCall, func(a, b uint64) int { return cmp.Compare(proposed[a], proposed[b]) })
+	var anomalies []string
+	latest, latestOp := -1, uint64(0)
+	next := 0
+	for _, op := range byCall {
+		for ; next < len(done) && acked[done[next]] < proposed[op]; next++ {
+			if p := pos[done[next]]; p > latest {
+				latest, latestOp = p, done[next]
+			}
+		}
+		if latest > pos[op] {
+			anomalies = append(anomalies, fmt.Sprintf("op %d is at log position %d, before op %d (position %d), which was acknowledged before op %d was proposed", op, pos[op], latestOp, latest, op))
+		}
+	}
 	return anomalies
 }
 
@@ -100,7 +141,8 @@ func runFaults(t *testing.T, r faultRun) faultReport {
 	})
 	c.waitLeader(10 * time.Second)
 
-	h := &history{proposed: map[uint64]bool{}, acked: map[uint64]bool{}}
+	h := &history{proposed: map[uint64]time.Duration{}, acked: map[uint64]time.Duration{}}
+	start := time.Now()
 	var rep faultReport
 	ctx, cancel := context.WithTimeout(context.Background(), r.duration)
 	defer cancel()
@@ -126,14 +168,14 @@ func runFaults(t *testing.T, r faultRun) faultReport {
 				}
 				op := nextOp.Add(1)
 				h.mu.Lock()
-				h.proposed[op] = true
+				h.proposed[op] = time.Since(start)
 				h.mu.Unlock()
 				pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
 				err := propose(pctx, n, op)
 				pcancel()
 				if err == nil {
 					h.mu.Lock()
-					h.acked[op] = true
+					h.acked[op] = time.Since(start)
 					h.mu.Unlock()
 				} else {
 					time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
@@ -196,10 +238,10 @@ func runFaults(t *testing.T, r faultRun) faultReport {
 	// Drive one more write so every node learns the final commit index.
 	if l := c.leader(); l != nil {
 		op := nextOp.Add(1)
-		h.proposed[op] = true
+		h.proposed[op] = time.Since(start)
 		wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := propose(wctx, l.current(), op); err == nil {
-			h.acked[op] = true
+			h.acked[op] = time.Since(start)
 		}
 		wcancel()
 	}
@@ -242,7 +284,7 @@ func TestFaultsExactlyOnceInOrder(t *testing.T) {
 	for _, a := range rep.anomalies {
 		t.Error(a)
 	}
-	if rep.acked < 200 {
+	if rep.acked < 1000 {
 		t.Errorf("only %d proposals acknowledged: the run exercised too little", rep.acked)
 	}
 }
@@ -271,20 +313,30 @@ func TestFaultsCheckerCatchesBrokenBuilds(t *testing.T) {
 }
 
 func TestCheckHistories(t *testing.T) {
-	proposed := map[uint64]bool{1: true, 2: true, 3: true}
+	// Ops 1, 2, 3 were proposed at 10, 20, 30 and each acknowledged 5 later;
+	// op 4 was proposed at 100, after all of them were acknowledged.
+	proposed := map[uint64]time.Duration{1: 10, 2: 20, 3: 30, 4: 100}
+	all := map[uint64]time.Duration{1: 15, 2: 25, 3: 35}
 	for _, tc := range []struct {
 		name    string
 		applied map[string][]uint64
-		acked   map[uint64]bool
+		acked   map[uint64]time.Duration
 		want    int
 	}{
-		{"agree", map[string][]uint64{"a": {1, 2, 3}, "b": {1, 2, 3}}, map[uint64]bool{1: true, 3: true}, 0},
-		{"unacked may be lost", map[string][]uint64{"a": {1, 3}, "b": {1, 3}}, map[uint64]bool{1: true}, 0},
+		{"agree", map[string][]uint64{"a": {1, 2, 3}, "b": {1, 2, 3}}, map[uint64]time.Duration{1: 15, 3: 35}, 0},
+		{"unacked may be lost", map[string][]uint64{"a": {1, 3}, "b": {1, 3}}, map[uint64]time.Duration{1: 15}, 0},
 		{"duplicate", map[string][]uint64{"a": {1, 2, 2}, "b": {1, 2, 2}}, nil, 2},
 		{"order", map[string][]uint64{"a": {1, 2, 3}, "b": {1, 3, 2}}, nil, 1},
-		{"lost ack", map[string][]uint64{"a": {1}, "b": {1}}, map[uint64]bool{2: true}, 1},
+		{"lost ack", map[string][]uint64{"a": {1}, "b": {1}}, map[uint64]time.Duration{2: 25}, 1},
 		{"lagging", map[string][]uint64{"a": {1, 2}, "b": {1}}, nil, 1},
 		{"phantom", map[string][]uint64{"a": {9}}, nil, 1},
+		// Every node agrees, but op 4 went in before ops acknowledged
+		// before it was proposed.
+		{"real time", map[string][]uint64{"a": {1, 4, 2, 3}, "b": {1, 4, 2, 3}}, all, 1},
+		{"concurrent ops in any order", map[string][]uint64{"a": {2, 1, 3}}, map[uint64]time.Duration{1: 40, 2: 50}, 0},
+		// An unacknowledged op may take effect any time after it was proposed.
+		{"unacknowledged op late", map[string][]uint64{"a": {1, 3, 2}}, map[uint64]time.Duration{1: 15}, 0},
+		{"unacknowledged op too early", map[string][]uint64{"a": {3, 1, 2}}, map[uint64]time.Duration{1: 15}, 1},
 	} {
 		if got := checkHistories(tc.applied, proposed, tc.acked); len(got) != tc.want {
 			t.Errorf("%s: %d anomalies %q, want %d", tc.name, len(got), got, tc.want)

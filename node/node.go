@@ -78,6 +78,7 @@ type Node struct {
 	snapIndex  atomic.Uint64
 	quorumSeen atomic.Int64 // monotonic ns (since start) a leader last saw a quorum active
 	started    time.Time
+	lead       leaderWatch
 	peerURL    sync.Map // id → url of every member, for LeaderURL
 
 	// Owned by the raft loop.
@@ -86,6 +87,9 @@ type Node struct {
 	members   map[uint64]*peerv1.Member
 	reads     readQueue
 	lastLead  uint64
+	// hastened is the term in which this node last ran its election clock
+	// ahead because its leader's process was gone (see leaderGone).
+	hastened uint64
 }
 
 // waiter is a proposal waiting for its entry to be applied.
@@ -136,6 +140,7 @@ func Start(cfg Config) (*Node, error) {
 		members: map[uint64]*peerv1.Member{},
 		started: time.Now(),
 	}
+	n.lead.init(n.started)
 	n.apply.init()
 	n.metrics = newMetrics(n, cfg.Metrics)
 	var seed [8]byte
@@ -200,6 +205,7 @@ func Start(cfg Config) (*Node, error) {
 	n.tr = newTransport(n.id, n.cluster, cfg.Faults, cfg.PeerTLS, 2*cfg.ElectionTimeout, n.log.With().Str("component", "transport").Logger())
 	n.tr.deliver = n.deliver
 	n.tr.unreachable = func(id uint64) { n.runAsync(func(rn *raft.RawNode) { rn.ReportUnreachable(id) }) }
+	n.tr.gone = func(id uint64) { n.runAsync(func(*raft.RawNode) { n.leaderGone(id) }) }
 	n.tr.snapshotted = func(id uint64, st raft.SnapshotStatus) {
 		n.runAsync(func(rn *raft.RawNode) { rn.ReportSnapshot(id, st) })
 	}
@@ -301,11 +307,27 @@ func (n *Node) Stop() {
 func (n *Node) Done() <-chan struct{} { return n.donec }
 
 // Propose replicates cmd and returns the state machine's result once the
-// command is applied on this node. An error other than ErrNoLeader leaves it
-// unknown whether the command was applied: callers that retry must make
-// their commands idempotent.
+// command is applied on this node. A proposal that finds no leader waits
+// out an election under way (see awaitLeader) rather than failing at once.
+// An error other than ErrNoLeader leaves it unknown whether the command was
+// applied: callers that retry must make their commands idempotent.
 func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 	start := time.Now()
+	for {
+		val, err := n.proposeOnce(ctx, cmd)
+		if errors.Is(err, ErrNoLeader) && n.awaitLeader(ctx) {
+			continue // not proposed: try again under the new leader
+		}
+		if err == nil {
+			n.metrics.proposal.Observe(since(start))
+		}
+		return val, err
+	}
+}
+
+// proposeOnce hands cmd to raft under a fresh proposal id and waits for
+// its result.
+func (n *Node) proposeOnce(ctx context.Context, cmd []byte) (any, error) {
 	id := n.nextID.Add(1)
 	data := make([]byte, 8+len(cmd))
 	binary.BigEndian.PutUint64(data, id)
@@ -328,9 +350,6 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 	}
 	select {
 	case r := <-ch:
-		if r.err == nil {
-			n.metrics.proposal.Observe(since(start))
-		}
 		return r.val, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -554,6 +573,11 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		n.tr.send(rd.Messages)
 	}
 	saveStart := time.Now()
+	if df, ok := n.cfg.Faults.(DiskFaults); ok && rd.MustSync {
+		if d := df.WriteDelay(); d > 0 {
+			time.Sleep(d)
+		}
+	}
 	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
 		return fmt.Errorf("saving ready: %w", err)
 	}
@@ -612,6 +636,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 
 func (n *Node) softState(ss *raft.SoftState) {
 	n.leader.Store(ss.Lead)
+	n.lead.set(ss.Lead != 0, time.Now())
 	if ss.Lead != n.lastLead {
 		n.waitMu.Lock()
 		for id, w := range n.waiters {

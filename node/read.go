@@ -11,8 +11,13 @@ import (
 // ReadIndex waits until this node has applied everything that was committed
 // when it was called, as confirmed by a quorum (raft's ReadIndex). A read of
 // the state machine after it returns is linearizable. Concurrent callers
-// share one ReadIndex round trip.
+// share one ReadIndex round trip. Like Propose, it waits out an election
+// under way; a node cut off from a quorum fails it at once with
+// ErrNoLeader.
 func (n *Node) ReadIndex(ctx context.Context) error {
+	if known, _ := n.lead.get(); !closed(known) && !n.awaitLeader(ctx) {
+		return ErrNoLeader
+	}
 	w := &readWaiter{done: make(chan error, 1)}
 	select {
 	case n.readc <- w:

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -53,6 +54,13 @@ type Faults interface {
 	Outbound(from, to uint64) (drop bool, delay time.Duration)
 }
 
+// DiskFaults, when a node's Faults implement it too, slows its disk: each
+// synced write of the log waits WriteDelay first, as on a slow or busy
+// device.
+type DiskFaults interface {
+	WriteDelay() time.Duration
+}
+
 // transport carries raft messages between members on the node's one port.
 // Each peer has a bounded queue drained by one goroutine that keeps a stream
 // open to it (an HTTP/1.1 request upgraded to a raw connection) and writes
@@ -69,6 +77,7 @@ type transport struct {
 
 	deliver     func(ctx context.Context, m *raftpb.Message) error // into the raft loop
 	unreachable func(id uint64)
+	gone        func(id uint64) // the peer's port refuses connections: its process is gone
 	snapshotted func(id uint64, status raft.SnapshotStatus)
 
 	mu    sync.Mutex
@@ -342,8 +351,36 @@ func (p *peerSender) open() (*stream, error) {
 	go func() {
 		io.Copy(io.Discard, br)
 		conn.Close()
+		p.probe(host)
 	}()
 	return s, nil
+}
+
+// probe checks, after a stream to the peer ended, whether anything still
+// listens on its port. A refused connection means the peer's process is
+// gone (killed, crashed), which the node can act on at once instead of
+// waiting out an election timeout of silence. A peer that is merely slow,
+// paused or cut off does not refuse, and is left to raft's timeouts.
+func (p *peerSender) probe(host string) {
+	if p.ctx.Err() != nil || p.t.gone == nil {
+		return
+	}
+	// Twice, a moment apart: a process that is exiting may close its
+	// streams a little before its listener.
+	for range 2 {
+		d := net.Dialer{Timeout: p.t.writeTimeout}
+		conn, err := d.DialContext(p.ctx, "tcp", host)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			p.t.gone(p.id)
+			return
+		}
+		if conn != nil {
+			conn.Close()
+		}
+		if !sleepCtx(p.ctx, 50*time.Millisecond) {
+			return
+		}
+	}
 }
 
 // peerKeepAlive notices a peer that vanished without a reset or FIN (a
