@@ -194,6 +194,14 @@ func (c *Client) Observe(ctx context.Context, name string) <-chan Observation {
 	return out
 }
 
+// Observe streams the state of this election, as Client.Observe does for
+// its name: at once the current leader (nil when there is none), then every
+// change, in order, until ctx ends, when the channel is closed. It does not
+// campaign: it works whether or not the session leads.
+func (e *Election) Observe(ctx context.Context) <-chan Observation {
+	return e.s.c.Observe(ctx, e.name)
+}
+
 func sameLeader(a, b *Leader) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil

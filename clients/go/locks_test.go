@@ -2,10 +2,14 @@ package lockd_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	lockd "github.com/lockd-io/lockd/clients/go"
+	"github.com/lockd-io/lockd/internal/testcluster"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 )
 
 func TestSemaphoreRWMutexMultiLock(t *testing.T) {
@@ -38,8 +42,12 @@ func TestSemaphoreRWMutexMultiLock(t *testing.T) {
 	}
 
 	// Read-write: two readers together, the writer waits for both, and a
-	// reader behind the waiting writer does not barge.
+	// reader arriving while the writer waits queues behind it (no barging,
+	// though the lock has reader slots free), and is granted only after the
+	// writer has held and released the lock.
+	rd := newSession(t, c, 2*time.Second, "d")
 	r1, r2, w := lockd.NewRWMutex(ss[0], "rw", 10), lockd.NewRWMutex(ss[1], "rw", 10), lockd.NewRWMutex(ss[2], "rw", 10)
+	r3 := lockd.NewRWMutex(rd, "rw", 10)
 	if err := r1.RLock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -49,9 +57,38 @@ func TestSemaphoreRWMutexMultiLock(t *testing.T) {
 	if ok, _ := w.Writer().TryLock(ctx); ok {
 		t.Fatal("a writer beside two readers")
 	}
+	queue := func(d *lockdv1.DescribeResponse) (holders, waiters []uint64) {
+		for _, h := range d.GetHolders() {
+			holders = append(holders, h.GetLeaseId())
+		}
+		for _, w := range d.GetWaiters() {
+			waiters = append(waiters, w.GetLeaseId())
+		}
+		return holders, waiters
+	}
+	waitQueue := func(what string, wantHolders, wantWaiters []uint64) {
+		t.Helper()
+		testcluster.Eventually(t, 10*time.Second, what, func() error {
+			d, err := c.Describe(ctx, "rw")
+			if err != nil {
+				return err
+			}
+			h, wt := queue(d)
+			slices.Sort(h)
+			if !slices.Equal(h, wantHolders) || !slices.Equal(wt, wantWaiters) {
+				return fmt.Errorf("holders %v waiters %v, want holders %v waiters %v", h, wt, wantHolders, wantWaiters)
+			}
+			return nil
+		})
+	}
 	wrote := make(chan error, 1)
 	go func() { wrote <- w.Lock(ctx) }()
-	time.Sleep(100 * time.Millisecond)
+	readers := []uint64{ss[0].ID(), ss[1].ID()}
+	slices.Sort(readers)
+	waitQueue("the writer queued", readers, []uint64{ss[2].ID()})
+	read := make(chan error, 1)
+	go func() { read <- r3.RLock(ctx) }()
+	waitQueue("the late reader queued behind the writer", readers, []uint64{ss[2].ID(), rd.ID()})
 	if ok, _ := lockd.NewRWMutex(ss[0], "rw-other", 10).Reader().TryLock(ctx); !ok {
 		t.Fatal("an unrelated lock is blocked")
 	}
@@ -60,7 +97,30 @@ func TestSemaphoreRWMutexMultiLock(t *testing.T) {
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
-	w.Unlock(ctx)
+	wtok := w.Writer().Token()
+	waitQueue("the writer holds, the late reader still waits", []uint64{ss[2].ID()}, []uint64{rd.ID()})
+	select {
+	case err := <-read:
+		t.Fatalf("the late reader was granted (%v) while the writer holds the lock", err)
+	default:
+	}
+	if err := w.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the late reader was not granted within 10s of the writer's release")
+	}
+	if r3.Reader().Token() <= wtok {
+		t.Fatalf("the late reader's token %d is not after the writer's %d", r3.Reader().Token(), wtok)
+	}
+	if err := r3.RUnlock(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	// Multi-lock: all or none, one token for all.
 	ml := lockd.NewMultiLock(ss[0], []string{"acct/1", "acct/2"})

@@ -106,7 +106,9 @@ func cleanupContext(s *lockd.Session) (context.Context, context.CancelFunc) {
 // SIGKILL at the deadline, which comes before the server could give the
 // lock to anybody else. When the grant is lost outright (force release) or
 // lockd itself is told to stop, it sends SIGTERM, then SIGKILL after grace.
-// It returns the command's exit status (128+signal if killed).
+// When the command exits, whatever it left running in its group is stopped
+// the same way before supervise returns, so nothing started under the lock
+// outlives it. It returns the command's exit status (128+signal if killed).
 func supervise(ctx context.Context, s *lockd.Session, held context.Context, command, env []string, grace time.Duration, stderr io.Writer) (int, error) {
 	if grace <= 0 {
 		grace = min(s.TTL()/4, 5*time.Second)
@@ -121,17 +123,38 @@ func supervise(ctx context.Context, s *lockd.Session, held context.Context, comm
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	group := -cmd.Process.Pid
-	var termAt, killAt time.Time // zero until decided
+	alive := func() bool { return syscall.Kill(group, 0) == nil }
+	var (
+		termAt, killAt, killedAt time.Time // zero until decided or done
+		code                     = -1      // the command's exit status, once it exited
+	)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case err := <-exited:
-			return exitStatus(cmd, err), nil
+			code = exitStatus(cmd, err)
 		case <-tick.C:
 		}
 		now := time.Now()
-		if killAt.IsZero() {
+		// The command has exited. Whatever it started in its group must
+		// not outlive the lock either: lockd returns (and the lock is
+		// released) once the group is gone. A SIGKILLed process that
+		// lingers as a zombie is given a second to be reaped.
+		if code >= 0 {
+			if !alive() || (!killedAt.IsZero() && now.Sub(killedAt) > time.Second) {
+				return code, nil
+			}
+			if termAt.IsZero() {
+				fmt.Fprintln(stderr, "lockd: the command exited and left processes running; stopping them")
+				termAt, killAt = now, now.Add(grace)
+				if d := s.Deadline(); d.Before(killAt) {
+					killAt = d
+				}
+				syscall.Kill(group, syscall.SIGTERM)
+			}
+		}
+		if termAt.IsZero() {
 			switch {
 			case ctx.Err() != nil:
 				fmt.Fprintln(stderr, "lockd: stopping the command (signalled)")
@@ -149,9 +172,9 @@ func supervise(ctx context.Context, s *lockd.Session, held context.Context, comm
 				syscall.Kill(group, syscall.SIGTERM)
 			}
 		}
-		if !killAt.IsZero() && !now.Before(killAt) {
+		if killedAt.IsZero() && !killAt.IsZero() && !now.Before(killAt) {
 			syscall.Kill(group, syscall.SIGKILL)
-			killAt = now.Add(time.Hour) // sent
+			killedAt = now
 		}
 	}
 }
