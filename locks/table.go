@@ -514,6 +514,9 @@ func (t *Table) grantable(w *waiter) bool {
 	for _, n := range w.names {
 		lk := t.locks[n]
 		head := lk.queue[0] == w || (bugBarging && len(lk.queue) > 0 && lk.queue[len(lk.queue)-1] == w)
+		if bugDoubleGrant && w.mode == ModeExclusive && len(lk.queue) == 1 && lk.queue[0] == w && !lk.delayed() && w.id%3 == 0 {
+			continue // granted beside the lock's holders
+		}
 		if !head || lk.delayed() || !lk.compatible(w.mode) {
 			return false
 		}
@@ -612,6 +615,9 @@ func (t *Table) release(l *lease, r *statev1.Release) *Result {
 		return &Result{Err: errorf(NotHolder, "token %d of lock %q is stale: lease %d holds it with token %d", r.GetToken(), r.GetName(), l.id, h.token)}
 	}
 	t.next()
+	if bugLostRelease && h.mode == ModeExclusive && t.rev%3 == 0 {
+		return &Result{Revision: t.rev} // answered, not done
+	}
 	t.removeHolder(lk, h)
 	t.emit(Event{Type: Released, Name: lk.name, LeaseID: l.id, Token: h.token, Reason: "released"})
 	t.grantAll([]*lock{lk})

@@ -80,7 +80,7 @@ func CheckTokens(holds []Hold) []string {
 				continue
 			}
 			if prev != nil && h.Token <= prev.Token && !(h.Token == prev.Token && h.Lease == prev.Lease) {
-				anomalies = append(anomalies, fmt.Sprintf("%s: token %d (lease %d, from %v) after token %d (lease %d, from %v)",
+				anomalies = append(anomalies, fmt.Sprintf("%s: token %d (lease %d, from %v) does not exceed token %d (lease %d, from %v) granted before it",
 					lock, h.Token, h.Lease, h.Start, prev.Token, prev.Lease, prev.Start))
 			}
 			prev = h

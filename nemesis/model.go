@@ -2,6 +2,8 @@ package nemesis
 
 import (
 	"fmt"
+	"sort"
+	"sync"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -151,16 +153,27 @@ var MutexModel = porcupine.NondeterministicModel{
 	},
 }
 
-// CheckLinearizable checks a mutex history against MutexModel. It reports
-// an anomaly if the history is not linearizable, and a note if the check
-// ran out of time (inconclusive).
+// CheckLinearizable checks a mutex history against MutexModel, each lock's
+// on its own (concurrently, each within timeout). It reports, per lock, an
+// anomaly if its history is not linearizable, and whether the check ran out
+// of time for some lock (inconclusive).
 func CheckLinearizable(ops []porcupine.Operation, timeout time.Duration) (anomalies []string, inconclusive bool) {
-	res := porcupine.CheckOperationsTimeout(MutexModel.ToModel(), ops, timeout)
-	switch res {
-	case porcupine.Illegal:
-		return []string{fmt.Sprintf("the history of %d mutex operations is not linearizable", len(ops))}, false
-	case porcupine.Unknown:
-		return nil, true
+	parts := MutexModel.Partition(ops)
+	model := MutexModel.ToModel()
+	results := make([]porcupine.CheckResult, len(parts))
+	var wg sync.WaitGroup
+	for i, part := range parts {
+		wg.Go(func() { results[i] = porcupine.CheckOperationsTimeout(model, part, timeout) })
 	}
-	return nil, false
+	wg.Wait()
+	for i, res := range results {
+		switch res {
+		case porcupine.Illegal:
+			anomalies = append(anomalies, fmt.Sprintf("%s: the history of its %d mutex operations is not linearizable", parts[i][0].Metadata, len(parts[i])))
+		case porcupine.Unknown:
+			inconclusive = true
+		}
+	}
+	sort.Strings(anomalies)
+	return anomalies, inconclusive
 }

@@ -1,7 +1,6 @@
 package nemesis
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -102,7 +100,9 @@ func TestNemesisCatchesBrokenBuilds(t *testing.T) {
 	}{
 		{"lockd_bug_early_expiry", "expired early"},
 		{"lockd_bug_barging", "head of the queue"},
-		{"lockd_bug_token_reuse", "token"},
+		{"lockd_bug_token_reuse", "does not exceed token"},
+		{"lockd_bug_lost_release", "is not linearizable"},
+		{"lockd_bug_double_grant", "held it together"},
 	} {
 		t.Run(tc.tag, func(t *testing.T) {
 			rep := run(t, runConfig{nodes: 3, duration: 8 * time.Second, bin: binary(t, tc.tag), seed: seed(), quiet: true})
@@ -150,6 +150,7 @@ type recorder struct {
 	problems []string // anomalies seen while running (fenced writes refused)
 	tokens   map[string][]uint64
 	retired  []*testcluster.Proc // members the nemesis replaced, for their logs
+	faults   []string            // what the nemesis did, when
 }
 
 func (r *recorder) since() time.Duration { return time.Since(r.t0) }
@@ -204,15 +205,21 @@ func run(t *testing.T, cfg runConfig) report {
 	// Everything healed and every client gone: the table must empty out
 	// (no waiter or grant left behind) once the abandoned leases expire.
 	var left []*lockdv1.DescribeResponse
+	var listErr error = errors.New("not tried")
+	listed := false
 	c, _ := lockd.New(eps)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var err error
-		left, _, err = c.List(ctx, "", "", 100)
+		l, _, err := c.List(ctx, "", "", 100)
 		cancel()
-		if err == nil && len(left) == 0 {
-			break
+		if err == nil {
+			left, listed = l, true
+			if len(left) == 0 {
+				break
+			}
+		} else {
+			listErr = err
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -221,6 +228,9 @@ func run(t *testing.T, cfg runConfig) report {
 	watchers.Wait()
 
 	var anomalies []string
+	if !listed {
+		anomalies = append(anomalies, fmt.Sprintf("could not list the table after the run: %v", listErr))
+	}
 	for _, l := range left {
 		anomalies = append(anomalies, fmt.Sprintf("%s still has %d holders and %d waiters after every client left", l.GetName(), len(l.GetHolders()), len(l.GetWaiters())))
 	}
@@ -281,6 +291,7 @@ func save(t *testing.T, rec *recorder, anomalies []string, procs []*testcluster.
 	write("holds.json", rec.holds)
 	write("expiries.json", rec.expiries)
 	write("queues.json", rec.queues)
+	write("nemesis.json", rec.faults)
 	var ops []string
 	for _, o := range rec.ops {
 		ops = append(ops, fmt.Sprintf("%d %s %v %+v %+v %d %d", o.ClientId, o.Metadata, o.Input.(MutexInput).Kind, o.Input, o.Output, o.Call, o.Return))
@@ -400,13 +411,13 @@ func work(ctx context.Context, id int, eps []string, rng *rand.Rand, mutex strin
 				}
 			}
 		case r < 65:
-			holdCycle(ctx, rng, lockd.NewSemaphore(s, "s/0", 2), "s/0", false, 2, rec)
+			holdCycle(ctx, rng, s.ID(), lockd.NewSemaphore(s, "s/0", 2), "s/0", false, 2, rec)
 		case r < 75:
 			rw := lockd.NewRWMutex(s, "rw/0", 5)
 			if id%2 == 0 {
-				holdCycle(ctx, rng, rw.Reader(), "rw/0", false, 5, rec)
+				holdCycle(ctx, rng, s.ID(), rw.Reader(), "rw/0", false, 5, rec)
 			} else {
-				holdCycle(ctx, rng, rw.Writer(), "rw/0", true, 5, rec)
+				holdCycle(ctx, rng, s.ID(), rw.Writer(), "rw/0", true, 5, rec)
 			}
 		case r < 85:
 			fenceCheck(ctx, id, rng, c, rec)
@@ -499,8 +510,8 @@ func mutexCycle(ctx context.Context, id int, rng *rand.Rand, s *lockd.Session, n
 }
 
 // holdCycle takes a semaphore slot or a side of a read-write lock for a
-// moment and records the hold.
-func holdCycle(ctx context.Context, rng *rand.Rand, m *lockd.Mutex, name string, exclusive bool, capacity int, rec *recorder) {
+// moment and records the hold, by the session's lease.
+func holdCycle(ctx context.Context, rng *rand.Rand, lease uint64, m *lockd.Mutex, name string, exclusive bool, capacity int, rec *recorder) {
 	ok, err := m.LockWithin(ctx, 500*time.Millisecond)
 	if err != nil || !ok {
 		return
@@ -510,7 +521,7 @@ func holdCycle(ctx context.Context, rng *rand.Rand, m *lockd.Mutex, name string,
 	end := rec.since()
 	if m.Context().Err() == nil {
 		rec.mu.Lock()
-		rec.holds = append(rec.holds, Hold{Lock: name, Lease: 0, Token: m.Token(), Exclusive: exclusive, Capacity: capacity, Start: start, End: end})
+		rec.holds = append(rec.holds, Hold{Lock: name, Lease: lease, Token: m.Token(), Exclusive: exclusive, Capacity: capacity, Start: start, End: end})
 		rec.mu.Unlock()
 	}
 	uctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -610,94 +621,6 @@ func abandon(ctx context.Context, eps []string, rec *recorder) {
 	}
 }
 
-// nemesis injects one fault at a time until ctx ends, then heals
-// everything. It returns a count of the faults. A membership change
-// replaces an element of procs.
-func nemesis(ctx context.Context, t *testing.T, bin string, procs []*testcluster.Proc, rec *recorder, rng *rand.Rand) string {
-	counts := map[string]int{}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sleep := func(lo, hi time.Duration) bool {
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(lo + time.Duration(rng.Int64N(int64(hi-lo)))):
-				return true
-			}
-		}
-		for sleep(500*time.Millisecond, 1500*time.Millisecond) {
-			leader := currentLeader(procs)
-			victim := procs[rng.IntN(len(procs))]
-			if leader != nil && rng.IntN(3) > 0 {
-				victim = leader
-			}
-			switch rng.IntN(5) {
-			case 4:
-				counts["replace"]++
-				err := replaceMember(t, bin, procs, slices.Index(procs, victim), counts["replace"])
-				rec.mu.Lock()
-				rec.retired = append(rec.retired, victim)
-				if err != nil {
-					rec.problems = append(rec.problems, "membership change: "+err.Error())
-				}
-				rec.mu.Unlock()
-			case 0:
-				counts["kill"]++
-				victim.Signal(syscall.SIGKILL)
-				victim.Wait(10 * time.Second)
-				sleep(300*time.Millisecond, 2*time.Second)
-				victim.Restart()
-			case 1:
-				counts["pause"]++
-				victim.Signal(syscall.SIGSTOP)
-				sleep(300*time.Millisecond, 2500*time.Millisecond)
-				victim.Signal(syscall.SIGCONT)
-			case 2:
-				counts["partition"]++
-				group := []*testcluster.Proc{victim}
-				if len(procs) == 5 && rng.IntN(2) == 0 {
-					// A minority of two, the leader among them or not.
-					for _, p := range procs {
-						if p != victim && len(group) < 2 {
-							group = append(group, p)
-						}
-					}
-					counts["partition-2"]++
-				}
-				partition(procs, group)
-				sleep(500*time.Millisecond, 3*time.Second)
-				partition(procs, nil)
-			default:
-				if len(procs) == 5 {
-					counts["bridge"]++
-					// n1,n2 | n4,n5, with n3 talking to both sides.
-					bridge(procs)
-					sleep(500*time.Millisecond, 3*time.Second)
-					partition(procs, nil)
-				} else {
-					counts["slow"]++
-					slow(procs, victim, 50*time.Millisecond)
-					sleep(500*time.Millisecond, 2*time.Second)
-					partition(procs, nil)
-				}
-			}
-		}
-	}()
-	<-ctx.Done()
-	<-done
-	for _, p := range procs {
-		p.Signal(syscall.SIGCONT)
-	}
-	partition(procs, nil)
-	var keys []string
-	for k, v := range counts {
-		keys = append(keys, fmt.Sprintf("%s %d", k, v))
-	}
-	sort.Strings(keys)
-	return strings.Join(keys, ", ")
-}
-
 // replaceMember replaces procs[i] as an operator replaces a lost node:
 // remove the member (the node must stop by itself), then add a member with
 // a new name and an empty data dir at the same address as a learner, start
@@ -781,56 +704,4 @@ func currentLeader(procs []*testcluster.Proc) *testcluster.Proc {
 		}
 	}
 	return nil
-}
-
-// setFaults tells a node which peers to stop sending to, and how slow to be.
-func setFaults(p *testcluster.Proc, drop []string, delay time.Duration) {
-	body, _ := json.Marshal(map[string]any{"drop": drop, "delay": delay.String()})
-	for range 20 {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.URL()+"/debug/faults", bytes.NewReader(body))
-		resp, err := http.DefaultClient.Do(req)
-		cancel()
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// partition cuts the links between group and the rest; a nil group heals.
-func partition(procs []*testcluster.Proc, group []*testcluster.Proc) {
-	in := map[*testcluster.Proc]bool{}
-	for _, p := range group {
-		in[p] = true
-	}
-	for _, p := range procs {
-		var drop []string
-		for _, q := range procs {
-			if group != nil && in[p] != in[q] {
-				drop = append(drop, q.Name)
-			}
-		}
-		setFaults(p, drop, 0)
-	}
-}
-
-func bridge(procs []*testcluster.Proc) {
-	side := []int{1, 1, 0, 2, 2} // by position: members are renamed when replaced
-	for i, p := range procs {
-		var drop []string
-		for j, q := range procs {
-			if side[i] != 0 && side[j] != 0 && side[i] != side[j] {
-				drop = append(drop, q.Name)
-			}
-		}
-		setFaults(p, drop, 0)
-	}
-}
-
-func slow(procs []*testcluster.Proc, victim *testcluster.Proc, delay time.Duration) {
-	setFaults(victim, nil, delay)
 }
