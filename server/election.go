@@ -80,11 +80,30 @@ func (h *electionHandler) Observe(ctx context.Context, req *connect.Request[lock
 		return err
 	}
 	name := election.LockName(req.Msg.GetName())
-	var last *lockdv1.LeaderResponse
-	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, req.Msg.GetAfterRevision(),
+	after := req.Msg.GetAfterRevision()
+	var (
+		last  *lockdv1.LeaderResponse // what the client has seen
+		first = true
+	)
+	return h.s.watch(ctx, func(e locks.Event) bool { return e.Name == name }, after,
 		func() error { return stream.Send(nil) },
-		func(_ *locks.Event, state locks.LockInfo, rev uint64) error {
-			resp := leaderResponse(state, rev)
+		func(e *locks.Event, state locks.LockInfo, rev uint64) error {
+			resp := leaderResponse(state, rev) // the current state (e == nil) is sent as it is
+			if e != nil {
+				if first && after > 0 {
+					// A resume replaying from after: the client has seen
+					// the leader as of after, so that is not sent again.
+					if l, ok := h.s.leaders.at(name, after); ok {
+						last = &lockdv1.LeaderResponse{Leader: l, Revision: after}
+					}
+				}
+				// The leader as of this event, not as the table is now: a
+				// replayed or late event must not show a later leader.
+				if l, ok := h.s.leaders.at(name, e.Revision); ok {
+					resp = &lockdv1.LeaderResponse{Leader: l, Revision: e.Revision}
+				}
+			}
+			first = false
 			if last != nil && sameLeader(last.GetLeader(), resp.GetLeader()) {
 				return nil // a queue change, not a leader change
 			}

@@ -167,6 +167,16 @@ func (h *hub) subscribe(match func(locks.Event) bool, after uint64) (s *subscrip
 	return s, replay, true
 }
 
+// oldest is the revision of the oldest event the hub holds (0 if none).
+func (h *hub) oldest() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.ring) == 0 {
+		return 0
+	}
+	return h.ring[h.start].Revision
+}
+
 func (s *subscription) close() {
 	s.h.mu.Lock()
 	defer s.h.mu.Unlock()

@@ -76,6 +76,7 @@ type Server struct {
 	raft    Raft
 	table   *locks.Table
 	hub     *hub
+	leaders *leaderLog // each election's leader changes, for Observe
 	keeper  *keeper
 	metrics *metrics
 	log     zerolog.Logger
@@ -124,7 +125,9 @@ func New(cfg Config) *Server {
 	s.keeper = newKeeper(cfg.Raft, cfg.Table, cfg.Tick, cfg.Logger.With().Str("component", "keeper").Logger())
 	s.bg, s.cancel = context.WithCancel(context.Background())
 	s.authGen, s.authEnd = context.WithCancel(context.Background())
+	s.leaders = newLeaderLog(cfg.Table)
 	cfg.Table.Observe(func(events []locks.Event) {
+		s.leaders.observe(events, cfg.Table, s.hub.oldest()) // before the hub: see leaderLog
 		s.hub.publish(events)
 		s.keeper.observe(events)
 		s.metrics.observe(events)
