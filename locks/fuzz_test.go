@@ -2,6 +2,7 @@ package locks
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -94,6 +95,7 @@ func FuzzApply(f *testing.F) {
 		tab.Observe(func(e []Event) { evs = append(evs, e...) })
 		twin.Observe(func(e []Event) { twinEvs = append(twinEvs, e...) })
 		rev := tab.Revision()
+		queuesBefore := queuesOf(tab)
 
 		out := tab.Apply(100, term, data)
 		after, err := tab.Snapshot()
@@ -102,6 +104,9 @@ func FuzzApply(f *testing.F) {
 		}
 		if err := checkInvariants(tab); err != nil {
 			t.Fatalf("invariants after %x: %v", data, err)
+		}
+		if err := checkFairGrants(queuesBefore, evs, queuesOf(tab)); err != nil {
+			t.Fatalf("unfair grant after %x: %v", data, err)
 		}
 		if tout := twin.Apply(100, term, data); !reflect.DeepEqual(out, tout) {
 			t.Fatalf("twin answered %+v, table %+v", tout, out)
@@ -217,6 +222,180 @@ func FuzzValidateName(f *testing.F) {
 		}
 		if err != nil && (res.Err == nil || res.Err.Code != Invalid) {
 			t.Fatalf("invalid name %q: %+v", name, res)
+		}
+	})
+}
+
+// FuzzValidateAcquire builds a GrantLease and an Acquire from fuzzed fields
+// (TTL, owner, principal; names, mode, capacity, lock delay, value size,
+// try) and applies them to a table with a held lock in it. The model below
+// says which are invalid: those must fail with Invalid and leave the table
+// byte-identical (no revision, no event); every other one must apply: a
+// lease granted, an acquire granted, queued, busy (a try) or, naming the
+// held lock with another capacity, a Conflict.
+func FuzzValidateAcquire(f *testing.F) {
+	long := strings.Repeat("x", MaxNameBytes)
+	for _, s := range []struct {
+		ttlMs            int64
+		owner, principal string
+		names            string
+		mode             int32
+		capacity         uint32
+		delayMs          int64
+		valueLen         uint16
+		extra            uint8
+		try              bool
+	}{
+		{ttlMs: 10_000, owner: "o", names: "a"},
+		{ttlMs: 10_000, names: "a,b/c,held", mode: 2, capacity: 1, try: true},
+		{ttlMs: 10_000, names: "held", capacity: 3},
+		{ttlMs: 10_000, names: "held", mode: int32(ModeShared)},
+		{ttlMs: MaxTTL.Milliseconds(), owner: strings.Repeat("o", MaxOwnerBytes), principal: "p", names: "a", valueLen: MaxValueBytes},
+		{ttlMs: MaxTTL.Milliseconds() + 1, names: "a"},
+		{ttlMs: 0, names: "a"},
+		{ttlMs: -1, names: "a"},
+		{ttlMs: overflowMs, names: "a"},
+		{ttlMs: 1000, owner: strings.Repeat("o", MaxOwnerBytes+1), names: "a"},
+		{ttlMs: 1000, principal: strings.Repeat("p", MaxOwnerBytes+1), names: "a"},
+		{ttlMs: 1000, names: ""},
+		{ttlMs: 1000, names: "a,a"},
+		{ttlMs: 1000, names: "a//b"},
+		{ttlMs: 1000, names: "a\x00"},
+		{ttlMs: 1000, names: long},
+		{ttlMs: 1000, names: long + "y"},
+		{ttlMs: 1000, names: "a", mode: 3},
+		{ttlMs: 1000, names: "a", mode: -1},
+		{ttlMs: 1000, names: "a", capacity: MaxCapacity},
+		{ttlMs: 1000, names: "a", capacity: MaxCapacity + 1},
+		{ttlMs: 1000, names: "a", delayMs: MaxLockDelay.Milliseconds()},
+		{ttlMs: 1000, names: "a", delayMs: MaxLockDelay.Milliseconds() + 1},
+		{ttlMs: 1000, names: "a", delayMs: -1},
+		{ttlMs: 1000, names: "a", delayMs: overflowMs},
+		{ttlMs: 1000, names: "a", valueLen: MaxValueBytes + 1},
+		{ttlMs: 1000, names: "", extra: MaxLocksPerAcquire},
+		{ttlMs: 1000, names: "a", extra: MaxLocksPerAcquire},
+		{ttlMs: 1000, names: "n/0", extra: 1},
+	} {
+		f.Add(s.ttlMs, s.owner, s.principal, s.names, s.mode, s.capacity, s.delayMs, s.valueLen, s.extra, s.try)
+	}
+	f.Fuzz(func(t *testing.T, ttlMs int64, owner, principal, names string, mode int32, capacity uint32, delayMs int64, valueLen uint16, extra uint8, try bool) {
+		// Protobuf strings carry only UTF-8 (FuzzApply sends the rest as
+		// raw bytes).
+		owner = strings.ToValidUTF8(owner, "\uFFFD")
+		principal = strings.ToValidUTF8(principal, "\uFFFD")
+		names = strings.ToValidUTF8(names, "\uFFFD")
+
+		tab := NewTable()
+		var evs []Event
+		tab.Observe(func(e []Event) { evs = append(evs, e...) })
+		index := uint64(0)
+		apply := func(c *statev1.Command) *Result {
+			t.Helper()
+			c.ProposedUnixNano = testNow
+			before, err := tab.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rev, n, queues := tab.Revision(), len(evs), queuesOf(tab)
+			index++
+			res := tab.Apply(index, 1, encode(c)).(*Result)
+			if err := checkInvariants(tab); err != nil {
+				t.Fatalf("after %v: %v", c, err)
+			}
+			if err := checkFairGrants(queues, evs[n:], queuesOf(tab)); err != nil {
+				t.Fatalf("after %v: %v", c, err)
+			}
+			if res.Err != nil {
+				if res.Err.Msg == "" {
+					t.Fatalf("%v: error %v without a message", c, res.Err.Code)
+				}
+				after, _ := tab.Snapshot()
+				if !bytes.Equal(before, after) || tab.Revision() != rev || len(evs) != n {
+					t.Fatalf("%v failed (%v) but changed the table", c, res.Err)
+				}
+			} else if tab.Revision() == rev && !(res.Duplicate || res.Ignored || (try && !res.Granted)) {
+				t.Fatalf("%v applied (%+v) without a revision", c, res)
+			}
+			return res
+		}
+		// The table: lease 1 holds "held" (capacity 1).
+		other := apply(cmdGrant(time.Minute, "other"))
+		if res := apply(cmdAcq(other.LeaseID, "held")); !res.Granted {
+			t.Fatalf("setup: %+v", res)
+		}
+
+		// The lease.
+		grant := cmdGrantMs(ttlMs)
+		grant.GetGrantLease().Owner = owner
+		grant.Principal = principal
+		res := apply(grant)
+		grantInvalid := ttlMs <= 0 || ttlMs > MaxTTL.Milliseconds() || len(owner) > MaxOwnerBytes || len(principal) > MaxOwnerBytes
+		lease := res.LeaseID
+		switch {
+		case grantInvalid:
+			if res.Err == nil || res.Err.Code != Invalid {
+				t.Fatalf("grant of ttl %d ms, owner %d bytes, principal %d bytes: %+v, want Invalid", ttlMs, len(owner), len(principal), res)
+			}
+			// Acquire with a lease of no principal instead.
+			principal = ""
+			lease = apply(cmdGrant(time.Minute, "")).LeaseID
+		case res.Err != nil || lease == 0 || lease != res.Revision:
+			t.Fatalf("grant of ttl %d ms, owner %d bytes, principal %d bytes: %+v, want a lease", ttlMs, len(owner), len(principal), res)
+		}
+		if info, ok := tab.Lease(lease); !ok || (!grantInvalid && (info.TTL != time.Duration(ttlMs)*time.Millisecond || info.Owner != owner)) {
+			t.Fatalf("lease %d: %+v", lease, info)
+		}
+
+		// The acquire.
+		var list []string
+		if names != "" {
+			list = strings.Split(names, ",")
+		}
+		for i := range int(extra) {
+			list = append(list, "n/"+itoa(i))
+		}
+		a := &statev1.Acquire{LeaseId: lease, Names: list, Mode: mode, Capacity: capacity, LockDelayMs: delayMs, Value: make([]byte, valueLen), Try: try}
+		acq := cmdAcquire(a)
+		acq.Principal = principal
+		invalid := len(list) == 0 || len(list) > MaxLocksPerAcquire || mode < 0 || mode > 2 || capacity > MaxCapacity ||
+			delayMs < 0 || delayMs > MaxLockDelay.Milliseconds() || int(valueLen) > MaxValueBytes
+		seen := map[string]bool{}
+		for _, n := range list {
+			invalid = invalid || refValidName(n) != nil || seen[n]
+			seen[n] = true
+		}
+		res = apply(acq)
+		desc := fmt.Sprintf("acquire of %d names %.80q mode %d capacity %d delay %d ms value %d bytes try %v", len(list), list, mode, capacity, delayMs, valueLen, try)
+		if invalid {
+			if res.Err == nil || res.Err.Code != Invalid {
+				t.Fatalf("%s: %+v, want Invalid", desc, res)
+			}
+			return
+		}
+		cp := max(capacity, 1)
+		switch {
+		case seen["held"] && cp != 1:
+			if res.Err == nil || res.Err.Code != Conflict {
+				t.Fatalf("%s: %+v, want a capacity Conflict", desc, res)
+			}
+		case res.Err != nil:
+			t.Fatalf("%s: %+v, want it applied", desc, res)
+		case seen["held"] && try:
+			if res.Granted || res.WaiterID != 0 {
+				t.Fatalf("%s: %+v, want busy", desc, res)
+			}
+		case seen["held"]:
+			if res.Granted || res.WaiterID == 0 || res.Position != 1 {
+				t.Fatalf("%s: %+v, want queued first", desc, res)
+			}
+		default:
+			if !res.Granted || len(res.Tokens) != len(list) {
+				t.Fatalf("%s: %+v, want granted", desc, res)
+			}
+			info, _ := tab.Lease(lease)
+			if len(info.Held) != len(list) {
+				t.Fatalf("%s: the lease holds %+v", desc, info.Held)
+			}
 		}
 	})
 }

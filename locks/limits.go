@@ -23,6 +23,10 @@ const (
 	MaxLockDelay       = time.Hour
 	// MaxLeases bounds the whole table.
 	MaxLeases = 1 << 21
+	// MaxLeasesPerPrincipal bounds the leases granted under one token, so
+	// that one client cannot take the whole table's leases. Without
+	// tokens there is no telling clients apart, and only MaxLeases holds.
+	MaxLeasesPerPrincipal = 1 << 18
 	// MaxPerLease bounds the grants plus waits of one lease, counted per
 	// lock.
 	MaxPerLease = 10000

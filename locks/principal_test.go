@@ -90,3 +90,36 @@ func TestPrincipalIsBounded(t *testing.T) {
 		h.fails(h.apply(as(long, false, cmdGrant(5*time.Second, ""))), Invalid)
 	})
 }
+
+// One token may hold MaxLeasesPerPrincipal leases; others are not affected,
+// a lease that ends makes room, and the count survives a snapshot.
+func TestLeasesPerPrincipal(t *testing.T) {
+	h := newHarness(t)
+	var first uint64
+	for i := range MaxLeasesPerPrincipal {
+		r := h.raw(encode(as("alice", false, cmdGrant(time.Minute, ""))))
+		if r.Err != nil {
+			t.Fatalf("lease %d of alice: %v", i, r.Err)
+		}
+		if i == 0 {
+			first = r.LeaseID
+		}
+	}
+	h.unchanged("alice over her limit", func() { h.fails(h.apply(as("alice", false, cmdGrant(time.Minute, ""))), Quota) })
+	h.ok(h.apply(as("bob", false, cmdGrant(time.Minute, ""))))
+	h.ok(h.apply(as("", false, cmdGrant(time.Minute, "")))) // no token: only the table's limit
+
+	// Restored from a snapshot, the table still counts alice's leases.
+	data, err := h.tab.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := NewTable()
+	if err := restored.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+	h.tab = restored
+	h.unchanged("alice over her limit, restored", func() { h.fails(h.apply(as("alice", false, cmdGrant(time.Minute, ""))), Quota) })
+	h.ok(h.apply(as("alice", false, cmdRevoke(first))))
+	h.ok(h.apply(as("alice", false, cmdGrant(time.Minute, ""))))
+}

@@ -319,6 +319,7 @@ func runProperties(t *testing.T, seed uint64, steps int) {
 		cmd, raw := g.command()
 		before, beforeState := after, afterState // nothing changed h's table since
 		revBefore := h.tab.Revision()
+		queuesBefore := queuesOf(h.tab)
 		nEvents := len(h.events)
 		var data []byte
 		switch {
@@ -345,6 +346,13 @@ func runProperties(t *testing.T, seed uint64, steps int) {
 		after, afterState = h.snap(), nil
 		rev := h.tab.Revision()
 		desc := fmt.Sprintf("seed %d step %d: %v (raw %x) -> %+v", seed, step, cmd, raw, res)
+
+		// No waiter is granted before an earlier one: the command's grants
+		// take, in order, the heads of the queues as they stood before it
+		// (less the waiters that left without a grant).
+		if err := checkFairGrants(queuesBefore, evs, queuesOf(h.tab)); err != nil {
+			t.Fatalf("%s\nunfair grant: %v\nevents %+v", desc, err, evs)
+		}
 
 		// The replica answers alike and stays byte-identical.
 		if replica != nil {

@@ -86,6 +86,29 @@ func (t *Table) Describe(name string) (info LockInfo, rev uint64, ok bool) {
 	return t.describe(lk), t.rev, true
 }
 
+// Exists reports whether the lock has holders, waiters or a delay.
+func (t *Table) Exists(name string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	_, ok := t.locks[name]
+	return ok
+}
+
+// Holders returns a lock's holders, without the cost of copying its queue.
+func (t *Table) Holders(name string) []HolderInfo {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	lk, ok := t.locks[name]
+	if !ok {
+		return nil
+	}
+	hs := make([]HolderInfo, 0, len(lk.holders))
+	for _, h := range lk.holders {
+		hs = append(hs, HolderInfo{LeaseID: h.lease.id, Owner: h.lease.owner, Token: h.token, Mode: h.mode, Value: h.value})
+	}
+	return hs
+}
+
 // List returns up to limit locks whose names start with prefix and sort
 // after after, in name order, and whether more follow.
 func (t *Table) List(prefix, after string, limit int) (infos []LockInfo, rev uint64, more bool) {

@@ -101,6 +101,9 @@ func (t *Table) Restore(data []byte) error {
 	for _, pl := range s.GetLeases() {
 		n.leases[pl.GetId()] = &lease{id: pl.GetId(), ttl: time.Duration(pl.GetTtlMs()) * time.Millisecond, owner: pl.GetOwner(), principal: pl.GetPrincipal(),
 			grantedRev: pl.GetGrantedRevision(), holds: map[string]*holder{}, waits: map[uint64]*waiter{}, dedup: pl.GetDedup()}
+		if p := pl.GetPrincipal(); p != "" {
+			n.byWhom[p]++
+		}
 	}
 	for _, pw := range s.GetWaiters() {
 		l, ok := n.leases[pw.GetLeaseId()]
@@ -135,7 +138,7 @@ func (t *Table) Restore(data []byte) error {
 	}
 	t.mu.Lock()
 	t.rev, t.term = n.rev, n.term
-	t.leases, t.locks, t.waiters, t.nsWaits = n.leases, n.locks, n.waiters, n.nsWaits
+	t.leases, t.locks, t.waiters, t.nsWaits, t.byWhom = n.leases, n.locks, n.waiters, n.nsWaits, n.byWhom
 	t.events = nil
 	observer := t.observer
 	t.mu.Unlock()

@@ -34,6 +34,7 @@ type Table struct {
 	locks    map[string]*lock
 	waiters  map[uint64]*waiter
 	nsWaits  map[string]int // queued waiter entries per namespace
+	byWhom   map[string]int // leases per principal (tokens only)
 	events   []Event        // of the command being applied
 	by       string         // the principal of the command being applied
 	observer func([]Event)
@@ -87,6 +88,7 @@ func NewTable() *Table {
 		locks:   map[string]*lock{},
 		waiters: map[uint64]*waiter{},
 		nsWaits: map[string]int{},
+		byWhom:  map[string]int{},
 	}
 }
 
@@ -249,9 +251,14 @@ func (t *Table) grantLease(g *statev1.GrantLease, principal string) *Result {
 		return &Result{Err: errorf(Invalid, "principal is %d bytes, more than the limit of %d", len(principal), MaxOwnerBytes)}
 	case len(t.leases) >= MaxLeases:
 		return &Result{Err: errorf(Quota, "the table holds %d leases, its limit", MaxLeases)}
+	case principal != "" && t.byWhom[principal] >= MaxLeasesPerPrincipal:
+		return &Result{Err: errorf(Quota, "%q holds %d leases, the limit per token", principal, MaxLeasesPerPrincipal)}
 	}
 	ttl := time.Duration(ms) * time.Millisecond
 	id := t.next()
+	if principal != "" {
+		t.byWhom[principal]++
+	}
 	t.leases[id] = &lease{id: id, ttl: ttl, owner: g.GetOwner(), principal: principal, grantedRev: id, holds: map[string]*holder{}, waits: map[uint64]*waiter{}}
 	t.emit(Event{Type: LeaseGranted, LeaseID: id, TTL: ttl})
 	return &Result{Revision: id, LeaseID: id}
@@ -265,6 +272,11 @@ func (t *Table) endLease(id uint64, reason string, now int64) *Result {
 	}
 	t.next()
 	delete(t.leases, id)
+	if p := l.principal; p != "" {
+		if t.byWhom[p]--; t.byWhom[p] <= 0 {
+			delete(t.byWhom, p)
+		}
+	}
 	var touched []*lock
 	for _, w := range sortedWaiters(l.waits) {
 		touched = append(touched, t.unqueue(w, reason)...)

@@ -17,6 +17,7 @@ import (
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/lockd-io/lockd/proto/lockd/v1/lockdv1connect"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -227,6 +228,56 @@ func TestAPIBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A waiter behind the holder, so that Describe shows a queue too.
+	queued := grant(t, setup, time.Second, "queued")
+	keepAlive(t, setup, queued, 100*time.Millisecond)
+	waitCtx, stopWaiting := context.WithCancel(context.Background())
+	defer stopWaiting()
+	go acquire(waitCtx, setup, &lockdv1.AcquireRequest{Name: "app/held", LeaseId: queued})
+	eventually(t, 5*time.Second, "the waiter queued", func() error {
+		if n := len(describe(t, setup, "app/held").GetWaiters()); n != 1 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+	// Real earlier tokens: "app/stale" granted to holder, released, and
+	// granted to holder again (staleOwn is stale, the lease holds it with a
+	// newer token); "app/superseded" granted to holder, released, and
+	// granted to other (staleOther belongs to a grant that is over).
+	reacquire := func(name string, first, second uint64) (stale, current uint64) {
+		t.Helper()
+		r1, err := acquire(context.Background(), setup, &lockdv1.AcquireRequest{Name: name, LeaseId: first})
+		if err != nil || !r1.GetGranted() {
+			t.Fatalf("acquire %s: %v %v", name, r1, err)
+		}
+		if _, err := setup.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: name, LeaseId: first, Token: r1.GetToken()})); err != nil {
+			t.Fatalf("release %s: %v", name, err)
+		}
+		r2, err := acquire(context.Background(), setup, &lockdv1.AcquireRequest{Name: name, LeaseId: second})
+		if err != nil || !r2.GetGranted() || r2.GetToken() <= r1.GetToken() {
+			t.Fatalf("acquire %s again: %v %v (first token %d)", name, r2, err, r1.GetToken())
+		}
+		return r1.GetToken(), r2.GetToken()
+	}
+	staleOwn, currentOwn := reacquire("app/stale", holder, holder)
+	staleOther, currentOther := reacquire("app/superseded", holder, other)
+	for name, tok := range map[string]uint64{"app/stale": currentOwn, "app/superseded": currentOther, "app/held": held.GetToken()} {
+		if r, err := setup.lock.CheckFence(context.Background(), connect.NewRequest(&lockdv1.CheckFenceRequest{Name: name, Token: tok})); err != nil || !r.Msg.GetValid() {
+			t.Fatalf("the current token %d of %s is not valid: %v %v", tok, name, r, err)
+		}
+	}
+	// staleFence checks that CheckFence answers, without an error, that a
+	// token is not (or no longer) a holder's.
+	staleFence := func(c clients, name string, token uint64) error {
+		r, err := c.lock.CheckFence(context.Background(), connect.NewRequest(&lockdv1.CheckFenceRequest{Name: name, Token: token}))
+		if err != nil {
+			return err
+		}
+		if r.Msg.GetValid() {
+			return fmt.Errorf("CheckFence(%s, %d) says valid", name, token)
+		}
+		return nil
+	}
 	// Fill one lease to its quota of grants, 64 locks per acquire.
 	full := grant(t, setup, time.Second, "full")
 	keepAlive(t, setup, full, 100*time.Millisecond)
@@ -242,9 +293,12 @@ func TestAPIBadInput(t *testing.T) {
 	long := strings.Repeat("x", 513)
 	zero := durationpb.New(0)
 
+	// The locks whose Describe must not change; every case touches one of
+	// them, if any.
+	affected := []string{"app/held", "app/stale", "app/superseded", "app/x", "app/v", "a/b", "quota/00000", "quota/one-more", "election/e"}
 	cases := []struct {
 		name string
-		code connect.Code
+		code connect.Code // 0: the call succeeds, and checks its answer itself
 		call func(c clients) error
 	}{
 		{"empty name", connect.CodeInvalidArgument, func(c clients) error {
@@ -323,10 +377,22 @@ func TestAPIBadInput(t *testing.T) {
 			_, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "app/held", LeaseId: other}))
 			return err
 		}},
-		{"stale token", connect.CodeFailedPrecondition, func(c clients) error {
-			_, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "app/held", LeaseId: holder, Token: held.GetToken() - 1}))
+		{"release with a stale token of the holder", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "app/stale", LeaseId: holder, Token: staleOwn}))
 			return err
 		}},
+		{"release with the token of a grant that is over", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "app/superseded", LeaseId: holder, Token: staleOther}))
+			return err
+		}},
+		{"force release of a stale token", connect.CodeFailedPrecondition, func(c clients) error {
+			_, err := c.lock.ForceRelease(context.Background(), connect.NewRequest(&lockdv1.ForceReleaseRequest{Name: "app/superseded", Token: staleOther, Reason: "test"}))
+			return err
+		}},
+		{"check fence of a stale token of the holder", 0, func(c clients) error { return staleFence(c, "app/stale", staleOwn) }},
+		{"check fence of the token of a grant that is over", 0, func(c clients) error { return staleFence(c, "app/superseded", staleOther) }},
+		{"check fence of another lock's token", 0, func(c clients) error { return staleFence(c, "app/held", currentOwn) }},
+		{"check fence of token 0", connect.CodeInvalidArgument, func(c clients) error { return staleFence(c, "app/held", 0) }},
 		{"capacity conflict", connect.CodeFailedPrecondition, func(c clients) error {
 			_, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "app/held", LeaseId: other, Capacity: 3, Wait: zero})
 			return err
@@ -356,21 +422,33 @@ func TestAPIBadInput(t *testing.T) {
 			return err
 		}},
 	}
-	for proto, opts := range protocols {
+	for protocol, opts := range protocols {
 		c := newClients(ins[0].url(), opts...)
 		for _, tc := range cases {
-			t.Run(proto+"/"+tc.name, func(t *testing.T) {
-				before := describe(t, setup, "app/held").GetRevision()
+			t.Run(protocol+"/"+tc.name, func(t *testing.T) {
+				var before []*lockdv1.DescribeResponse
+				for _, name := range affected {
+					before = append(before, describe(t, setup, name))
+				}
 				err := tc.call(c)
-				if got := codeOf(err); got != tc.code {
+				switch got := codeOf(err); {
+				case tc.code == 0 && err != nil:
+					t.Fatalf("got %v, want an answer", err)
+				case tc.code != 0 && got != tc.code:
 					t.Fatalf("got %v (%v), want %v", got, err, tc.code)
 				}
 				var ce *connect.Error
 				if errors.As(err, &ce) && len(ce.Message()) < 10 {
 					t.Errorf("message %q does not say what was wrong", ce.Message())
 				}
-				if after := describe(t, setup, "app/held").GetRevision(); after != before {
-					t.Fatalf("a rejected request changed the table: revision %d -> %d", before, after)
+				for i, name := range affected {
+					after := describe(t, setup, name)
+					if after.GetRevision() != before[i].GetRevision() {
+						t.Fatalf("a rejected request changed the table: revision %d -> %d", before[i].GetRevision(), after.GetRevision())
+					}
+					if !proto.Equal(after, before[i]) {
+						t.Fatalf("a rejected request changed %s:\nbefore %v\nafter  %v", name, before[i], after)
+					}
 				}
 			})
 		}
