@@ -1,0 +1,115 @@
+package server
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lockd-io/lockd/locks"
+	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+)
+
+// soloRaft is a log of one member that this test makes lead or not, with or
+// without recent contact with a quorum; proposals are applied to a real
+// table and recorded.
+type soloRaft struct {
+	tab *locks.Table
+
+	mu             sync.Mutex
+	leader, quorum bool
+	term           uint64
+	proposed       chan *statev1.Command
+}
+
+func (r *soloRaft) Propose(ctx context.Context, cmd []byte) (any, error) {
+	c := new(statev1.Command)
+	if err := proto.Unmarshal(cmd, c); err != nil {
+		return nil, err
+	}
+	r.proposed <- c
+	r.mu.Lock()
+	term := r.term
+	r.mu.Unlock()
+	return r.tab.Apply(1, term, cmd), nil
+}
+
+func (r *soloRaft) ReadIndex(context.Context) error { return nil }
+func (r *soloRaft) LeaderURL() string               { return "" }
+func (r *soloRaft) Leadership() (bool, uint64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.leader, r.term, r.quorum
+}
+
+func (r *soloRaft) set(leader bool, term uint64, quorum bool) {
+	r.mu.Lock()
+	r.leader, r.term, r.quorum = leader, term, quorum
+	r.mu.Unlock()
+}
+
+// A leader expires a lease only while it has seen a quorum lately, stamps
+// the expiry with its term, and a new leader gives every lease a full TTL
+// before it expires anything.
+func TestKeeperExpiresOnlyWithQuorum(t *testing.T) {
+	tab := locks.NewTable()
+	r := &soloRaft{tab: tab, proposed: make(chan *statev1.Command, 16)}
+	k := newKeeper(r, tab, time.Hour, zerolog.Nop())
+	tab.Observe(k.observe)
+	grant := func(ttl time.Duration) uint64 {
+		data, _ := proto.Marshal(&statev1.Command{Op: &statev1.Command_GrantLease{GrantLease: &statev1.GrantLease{TtlMs: ttl.Milliseconds()}}})
+		return tab.Apply(1, 1, data).(*locks.Result).LeaseID
+	}
+	expiring := func() map[uint64]bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		return maps.Clone(k.expiring)
+	}
+	ctx := context.Background()
+
+	short := grant(30 * time.Millisecond)
+	grant(time.Hour)
+	r.set(true, 2, false)
+	k.step(ctx) // takes office: every deadline starts now
+	time.Sleep(60 * time.Millisecond)
+	k.step(ctx)
+	if e := expiring(); len(e) != 0 {
+		t.Fatalf("a leader without a quorum decided to expire %v", e)
+	}
+	r.set(true, 2, true)
+	k.step(ctx)
+	if e := expiring(); len(e) != 1 || !e[short] {
+		t.Fatalf("expiring %v, want the short lease %d", e, short)
+	}
+	select {
+	case c := <-r.proposed:
+		if x := c.GetExpireLease(); x.GetLeaseId() != short || x.GetTerm() != 2 {
+			t.Fatalf("proposed %v, want the expiry of lease %d in term 2", c, short)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no expiry proposed")
+	}
+	if _, ok := tab.Lease(short); ok {
+		t.Fatal("the expired lease is still in the table")
+	}
+
+	// A lease whose TTL has passed under this leader, without an expiry
+	// (the leader lost its quorum), gets a full TTL from the next leader.
+	late := grant(30 * time.Millisecond)
+	r.set(true, 2, false)
+	time.Sleep(60 * time.Millisecond)
+	k.step(ctx)
+	r.set(true, 3, true) // a new term: this node leads again, afresh
+	k.step(ctx)
+	if e := expiring(); len(e) != 0 {
+		t.Fatalf("a new leader expired %v at once; lease %d was due a full TTL", e, late)
+	}
+	time.Sleep(60 * time.Millisecond)
+	k.step(ctx)
+	if e := expiring(); !e[late] {
+		t.Fatalf("expiring %v after the new leader's full TTL, want lease %d", e, late)
+	}
+}
