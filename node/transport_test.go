@@ -80,3 +80,112 @@ func TestPeerStreamUpgrade(t *testing.T) {
 		t.Fatal("the message was not delivered")
 	}
 }
+
+// A sender reports a peer it cannot reach as unreachable, and reconnects
+// (with backoff) once the peer listens again; a peer whose queue is full
+// has new messages dropped and is reported, without blocking the sender;
+// and the peer's process gone (its port refusing after its stream ended)
+// is reported as gone.
+func TestPeerSenderReconnectsAndBounds(t *testing.T) {
+	const cluster = 0xc1
+	// Reserve an address for the receiver, and leave it closed for now.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	sender := newTransport(1, cluster, nil, nil, time.Second, zerolog.Nop())
+	defer sender.close()
+	unreachable := make(chan uint64, 1<<14)
+	gone := make(chan uint64, 16)
+	sender.unreachable = func(id uint64) { unreachable <- id }
+	sender.gone = func(id uint64) { gone <- id }
+	sender.setPeer(2, "http://"+addr)
+	heartbeat := func(term uint64) *raftpb.Message {
+		return &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: proto.Uint64(1), To: proto.Uint64(2), Term: proto.Uint64(term)}
+	}
+
+	sender.send([]*raftpb.Message{heartbeat(1)})
+	select {
+	case id := <-unreachable:
+		if id != 2 {
+			t.Fatalf("unreachable %d, want 2", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a peer nobody listens for was not reported unreachable")
+	}
+
+	// The receiver comes up at the address: messages flow again, in order.
+	receiver := newTransport(2, cluster, nil, nil, time.Second, zerolog.Nop())
+	got := make(chan uint64, 1<<14)
+	receiver.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m.GetTerm(); return nil }
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: receiver}
+	go srv.Serve(ln)
+	deadline := time.Now().Add(10 * time.Second)
+	var last uint64
+	for term := uint64(2); last == 0; term++ {
+		if time.Now().After(deadline) {
+			t.Fatal("no message arrived after the peer came up")
+		}
+		sender.send([]*raftpb.Message{heartbeat(term)})
+		select {
+		case last = <-got:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	var batch []*raftpb.Message
+	for i := range uint64(1000) {
+		batch = append(batch, heartbeat(1000+i))
+	}
+	sender.send(batch)
+	for i := uint64(1000); i < 2000; i++ {
+		select {
+		case term := <-got:
+			for term < 1000 { // late retries of the probes above
+				term = <-got
+			}
+			if term != i {
+				t.Fatalf("received term %d, want %d: out of order or lost", term, i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d of 1000 did not arrive", i-1000)
+		}
+	}
+
+	// The receiver's process goes: its streams end and its port refuses.
+	for len(unreachable) > 0 {
+		<-unreachable
+	}
+	srv.Close()
+	receiver.close()
+	select {
+	case id := <-gone:
+		if id != 2 {
+			t.Fatalf("gone %d, want 2", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a peer whose process went was not reported gone")
+	}
+
+	// Nobody listens, so the sender backs off between dials: a burst larger
+	// than its queue is dropped beyond the queue, each drop reported, and
+	// send never blocks the raft loop.
+	burst := make([]*raftpb.Message, 2*peerQueueLen)
+	for i := range burst {
+		burst[i] = heartbeat(5000 + uint64(i))
+	}
+	start := time.Now()
+	sender.send(burst)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("send blocked for %v on a full queue", took)
+	}
+	if n := len(unreachable); n < peerQueueLen-maxBatch {
+		t.Errorf("%d drops reported for a burst of %d into a queue of %d", n, len(burst), peerQueueLen)
+	}
+}
