@@ -54,7 +54,7 @@ type Faults interface {
 	Outbound(from, to uint64) (drop bool, delay time.Duration)
 }
 
-// DiskFaults, when a node's Faults implement it too, slows its disk: each
+// DiskFaults slows a node's disk, when its Faults implement it too: each
 // synced write of the log waits WriteDelay first, as on a slow or busy
 // device.
 type DiskFaults interface {

@@ -143,7 +143,7 @@ func TestAPIObserveResumes(t *testing.T) {
 	}
 	// expect receives the changes after revision from o, then one made
 	// now (so that anything repeated or left over shows before it).
-	expect := func(o *observer, after uint64, value string) (last uint64) {
+	expect := func(o *observer, after uint64, value string) uint64 {
 		t.Helper()
 		var got []string
 		var want []change
@@ -161,7 +161,6 @@ func TestAPIObserveResumes(t *testing.T) {
 			if leaderText(m) != want[0].text || m.GetRevision() != want[0].rev {
 				t.Fatalf("resumed after %d: observed %v, want %v", after, got, want)
 			}
-			last = m.GetRevision()
 			want = want[1:]
 		}
 		rev := proclaim(b, termB, value)
