@@ -374,6 +374,9 @@ var rules = map[string]rule{
 		r := m.(*lockdv1.WatchRequest)
 		return []string{r.GetName()}, r.GetPrefix()
 	}},
+	// A pipelined call is checked by the rule of the procedure it stands
+	// for, as it is read (pipeline.authorize).
+	lockdv1connect.LockServicePipelineProcedure: {},
 	lockdv1connect.LockServiceForceReleaseProcedure: {admin: true, names: func(m any) ([]string, bool) {
 		return one(m.(*lockdv1.ForceReleaseRequest).GetName())
 	}},

@@ -37,7 +37,7 @@ type metrics struct {
 func newMetrics(table *locks.Table, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		rpc: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "lockd_rpc_duration_seconds", Help: "Unary RPCs served, by procedure and Connect code (ok for success).",
+			Name: "lockd_rpc_duration_seconds", Help: "Unary RPCs served, by procedure and Connect code (ok for success); a call on LockService.Pipeline counts as the procedure it stands for.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 20),
 		}, []string{"procedure", "code"}),
 		streams: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -36,9 +36,95 @@ type endpoint struct {
 	lock     lockdv1connect.LockServiceClient
 	election lockdv1connect.ElectionServiceClient
 	cluster  lockdv1connect.ClusterServiceClient
+
+	pipeMu sync.Mutex
+	pipe   *pipeline // the stream of acquires and releases, once opened
+	unary  bool      // the node does not serve Pipeline
+}
+
+// pipeline is the endpoint's open call stream, opened if need be; nil if
+// the node does not serve Pipeline.
+func (e *endpoint) pipeline() *pipeline {
+	e.pipeMu.Lock()
+	defer e.pipeMu.Unlock()
+	if e.unary {
+		return nil
+	}
+	if e.pipe == nil {
+		e.pipe = newPipeline(e)
+	}
+	return e.pipe
+}
+
+// dropPipeline forgets a stream that ended, so that the next call opens
+// another; unary says the node does not serve Pipeline at all.
+func (e *endpoint) dropPipeline(p *pipeline, unary bool) {
+	e.pipeMu.Lock()
+	defer e.pipeMu.Unlock()
+	if e.pipe == p {
+		e.pipe = nil
+	}
+	e.unary = e.unary || unary
+}
+
+// closePipeline ends the endpoint's call stream, if it has one.
+func (e *endpoint) closePipeline() {
+	e.pipeMu.Lock()
+	p := e.pipe
+	e.pipeMu.Unlock()
+	if p != nil {
+		p.close()
+	}
+}
+
+// pipelined makes a call on the endpoint's stream; errUnary says to make
+// it unary instead.
+func (e *endpoint) pipelined(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.PipelineResult, error) {
+	p := e.pipeline()
+	if p == nil {
+		return nil, errUnary
+	}
+	return p.call(ctx, c)
+}
+
+// acquire calls Acquire on the node, pipelined when it can be.
+func (e *endpoint) acquire(ctx context.Context, req *lockdv1.AcquireRequest) (*lockdv1.AcquireResponse, error) {
+	r, err := e.pipelined(ctx, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Acquire{Acquire: req}})
+	switch {
+	case errors.Is(err, errUnary):
+		resp, err := e.lock.Acquire(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	case err != nil:
+		return nil, err
+	case r.GetAcquire() == nil:
+		return nil, fmt.Errorf("lockd: %s answered an acquire with %T", e.url, r.GetResult())
+	}
+	return r.GetAcquire(), nil
+}
+
+// release calls Release on the node, pipelined when it can be.
+func (e *endpoint) release(ctx context.Context, req *lockdv1.ReleaseRequest) (*lockdv1.ReleaseResponse, error) {
+	r, err := e.pipelined(ctx, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Release{Release: req}})
+	switch {
+	case errors.Is(err, errUnary):
+		resp, err := e.lock.Release(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	case err != nil:
+		return nil, err
+	case r.GetRelease() == nil:
+		return nil, fmt.Errorf("lockd: %s answered a release with %T", e.url, r.GetResult())
+	}
+	return r.GetRelease(), nil
 }
 
 type options struct {
+	unary      bool
 	httpClient *http.Client
 	tls        *tls.Config
 	minBackoff time.Duration
@@ -102,6 +188,14 @@ func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 
 func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// WithUnaryCalls makes every call a unary RPC. By default acquires and
+// releases share one LockService.Pipeline stream per node, which costs a
+// fraction of a unary call each; use this behind a proxy that does not
+// carry bidirectional HTTP/2 streams.
+func WithUnaryCalls() Option {
+	return optionFunc(func(o *options) { o.unary = true })
 }
 
 // WithGRPC makes the client speak gRPC instead of the Connect protocol.
@@ -195,6 +289,7 @@ func (c *Client) add(url string) int {
 		lock:     lockdv1connect.NewLockServiceClient(hc, url, co...),
 		election: lockdv1connect.NewElectionServiceClient(hc, url, co...),
 		cluster:  lockdv1connect.NewClusterServiceClient(hc, url, co...),
+		unary:    c.opts.unary,
 	})
 	return len(c.endpoints) - 1
 }
@@ -211,8 +306,16 @@ func (c *Client) count() int {
 	return len(c.endpoints)
 }
 
-// Close releases the client's idle connections.
-func (c *Client) Close() { c.opts.httpClient.CloseIdleConnections() }
+// Close ends the client's call streams and releases its idle connections.
+func (c *Client) Close() {
+	c.mu.Lock()
+	endpoints := append([]*endpoint(nil), c.endpoints...)
+	c.mu.Unlock()
+	for _, e := range endpoints {
+		e.closePipeline()
+	}
+	c.opts.httpClient.CloseIdleConnections()
+}
 
 // retryable reports whether err means the node could not serve the call
 // (down, no leader, draining), so that another node, or the same one later,

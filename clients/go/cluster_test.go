@@ -3,6 +3,7 @@ package lockd_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 
 	lockd "github.com/lockd-io/lockd/clients/go"
 	"github.com/lockd-io/lockd/internal/testcluster"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 var lockdBin string
@@ -272,54 +275,134 @@ func (d *dropFirstAcquireReply) RoundTrip(r *http.Request) (*http.Response, erro
 	return nil, errors.New("connection reset by peer (test)")
 }
 
+// breakPipelineAtGrant passes Pipeline streams through until the first
+// answer that grants an acquire, and breaks the stream in its place, as a
+// connection reset would: the node answered, the client never hears it.
+type breakPipelineAtGrant struct {
+	next    http.RoundTripper
+	dropped atomic.Bool
+}
+
+func (b *breakPipelineAtGrant) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := b.next.RoundTrip(r)
+	if err != nil || !strings.HasSuffix(r.URL.Path, "/Pipeline") {
+		return resp, err
+	}
+	resp.Body = &envelopeReader{ReadCloser: resp.Body, onGrant: func() error {
+		if b.dropped.CompareAndSwap(false, true) {
+			return errors.New("connection reset by peer (test)")
+		}
+		return nil
+	}}
+	return resp, nil
+}
+
+// envelopeReader reads a Connect stream one envelope (flags, length,
+// message) at a time, and calls onGrant before passing on an envelope that
+// grants an acquire; an error from it takes the envelope's place.
+type envelopeReader struct {
+	io.ReadCloser
+	onGrant func() error
+	pending []byte
+}
+
+func (e *envelopeReader) Read(p []byte) (int, error) {
+	if len(e.pending) == 0 {
+		head := make([]byte, 5)
+		if _, err := io.ReadFull(e.ReadCloser, head); err != nil {
+			return 0, err
+		}
+		msg := make([]byte, binary.BigEndian.Uint32(head[1:]))
+		if _, err := io.ReadFull(e.ReadCloser, msg); err != nil {
+			return 0, err
+		}
+		var resp lockdv1.PipelineResponse
+		if head[0] == 0 && proto.Unmarshal(msg, &resp) == nil {
+			for _, r := range resp.GetResults() {
+				if r.GetAcquire().GetGranted() {
+					if err := e.onGrant(); err != nil {
+						return 0, err
+					}
+					break
+				}
+			}
+		}
+		e.pending = append(head, msg...)
+	}
+	n := copy(p, e.pending)
+	e.pending = e.pending[n:]
+	return n, nil
+}
+
 // A Lock whose reply is lost is retried with the same request id: the retry
-// finds the first attempt's waiter and grant, and nothing queues twice.
+// finds the first attempt's waiter and grant, and nothing queues twice;
+// whether the reply was a unary call's or came on a Pipeline stream.
 func TestRetriedLockDoesNotQueueTwice(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process cluster test")
 	}
 	_, eps := cluster(t, 3)
 	c := newClient(t, eps)
-	a := newSession(t, c, 5*time.Second, "a")
-	ma := lockd.NewMutex(a, "sdk/retried")
-	ctx := context.Background()
-	if err := ma.Lock(ctx); err != nil {
-		t.Fatal(err)
+	newTransport := func() *http.Transport {
+		tr := &http.Transport{Protocols: new(http.Protocols)}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		return tr
 	}
-	tr := &http.Transport{Protocols: new(http.Protocols)}
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	drop := &dropFirstAcquireReply{next: tr}
-	cb := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: drop}))
-	b := newSession(t, cb, 5*time.Second, "b")
-	mb := lockd.NewMutex(b, "sdk/retried")
-	done := make(chan error, 1)
-	go func() { done <- mb.Lock(ctx) }()
-	testcluster.Eventually(t, 10*time.Second, "b queued", func() error {
-		d, err := c.Describe(ctx, "sdk/retried")
-		if err != nil || len(d.GetWaiters()) != 1 {
-			return fmt.Errorf("%v %v", d, err)
+	for _, tc := range []struct {
+		name    string
+		dropper interface {
+			http.RoundTripper
+			droppedOne() bool
 		}
-		return nil
-	})
-	// Releasing grants b; b's reply is lost; b retries and must find its
-	// grant rather than queue again.
-	if err := ma.Unlock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !drop.dropped.Load() {
-		t.Fatal("no reply was dropped")
-	}
-	d, err := c.Describe(ctx, "sdk/retried")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(d.GetHolders()) != 1 || d.GetHolders()[0].GetLeaseId() != b.ID() || d.GetHolders()[0].GetToken() != mb.Token() || len(d.GetWaiters()) != 0 {
-		t.Fatalf("after the retried lock: holders %v waiters %v (b holds token %d)", d.GetHolders(), d.GetWaiters(), mb.Token())
+		opts []lockd.Option
+	}{
+		{"unary", &dropFirstAcquireReply{next: newTransport()}, []lockd.Option{lockd.WithUnaryCalls()}},
+		{"pipelined", &breakPipelineAtGrant{next: newTransport()}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := "sdk/retried/" + tc.name
+			a := newSession(t, c, 5*time.Second, "a")
+			ma := lockd.NewMutex(a, name)
+			ctx := context.Background()
+			if err := ma.Lock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cb := newClient(t, eps, append(tc.opts, lockd.WithHTTPClient(&http.Client{Transport: tc.dropper}))...)
+			b := newSession(t, cb, 5*time.Second, "b")
+			mb := lockd.NewMutex(b, name)
+			done := make(chan error, 1)
+			go func() { done <- mb.Lock(ctx) }()
+			testcluster.Eventually(t, 10*time.Second, "b queued", func() error {
+				d, err := c.Describe(ctx, name)
+				if err != nil || len(d.GetWaiters()) != 1 {
+					return fmt.Errorf("%v %v", d, err)
+				}
+				return nil
+			})
+			// Releasing grants b; b's reply is lost; b retries and must find
+			// its grant rather than queue again.
+			if err := ma.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if !tc.dropper.droppedOne() {
+				t.Fatal("no reply was dropped")
+			}
+			d, err := c.Describe(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.GetHolders()) != 1 || d.GetHolders()[0].GetLeaseId() != b.ID() || d.GetHolders()[0].GetToken() != mb.Token() || len(d.GetWaiters()) != 0 {
+				t.Fatalf("after the retried lock: holders %v waiters %v (b holds token %d)", d.GetHolders(), d.GetWaiters(), mb.Token())
+			}
+		})
 	}
 }
+
+func (d *dropFirstAcquireReply) droppedOne() bool { return d.dropped.Load() }
+func (b *breakPipelineAtGrant) droppedOne() bool  { return b.dropped.Load() }
 
 // countKeepAlives counts the keep-alive calls a client makes.
 type countKeepAlives struct {
@@ -379,4 +462,87 @@ func TestSessionsShareKeepAlives(t *testing.T) {
 		t.Fatalf("%d single KeepAlive calls; want none", got)
 	}
 	t.Logf("%d sessions kept alive with %d calls", n, count.many.Load())
+}
+
+// holdPipelineGrant holds back the first Pipeline answer that grants an
+// acquire until told to let it through.
+type holdPipelineGrant struct {
+	next    http.RoundTripper
+	held    chan struct{} // closed when a grant is held
+	release chan struct{} // closed to let it through
+	once    atomic.Bool
+}
+
+func (h *holdPipelineGrant) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.next.RoundTrip(r)
+	if err != nil || !strings.HasSuffix(r.URL.Path, "/Pipeline") {
+		return resp, err
+	}
+	resp.Body = &envelopeReader{ReadCloser: resp.Body, onGrant: func() error {
+		if h.once.CompareAndSwap(false, true) {
+			close(h.held)
+			<-h.release
+		}
+		return nil
+	}}
+	return resp, nil
+}
+
+// A caller that gives up on a pipelined Lock after the node granted it,
+// but before the answer came, is not left holding the lock: its cancel
+// reaches the node after the grant, and the node undoes the grant.
+func TestAbandonedGrantIsUndone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	_, eps := cluster(t, 1)
+	c := newClient(t, eps)
+	a := newSession(t, c, 5*time.Second, "a")
+	ma := lockd.NewMutex(a, "sdk/abandoned")
+	ctx := context.Background()
+	if err := ma.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	hold := &holdPipelineGrant{next: tr, held: make(chan struct{}), release: make(chan struct{})}
+	cb := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: hold}))
+	b := newSession(t, cb, 5*time.Second, "b")
+	mb := lockd.NewMutex(b, "sdk/abandoned")
+	bctx, giveUp := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mb.Lock(bctx) }()
+	testcluster.Eventually(t, 10*time.Second, "b queued", func() error {
+		d, err := c.Describe(ctx, "sdk/abandoned")
+		if err != nil || len(d.GetWaiters()) != 1 {
+			return fmt.Errorf("%v %v", d, err)
+		}
+		return nil
+	})
+	if err := ma.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-hold.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no grant for b")
+	}
+	giveUp() // b's caller leaves while its grant is on the way
+	if err := <-done; err == nil {
+		t.Fatal("Lock succeeded after its caller gave up")
+	}
+	testcluster.Eventually(t, 10*time.Second, "b's abandoned grant undone", func() error {
+		d, err := c.Describe(ctx, "sdk/abandoned")
+		if err != nil || len(d.GetHolders()) != 0 {
+			return fmt.Errorf("%v %v", d, err)
+		}
+		return nil
+	})
+	close(hold.release) // the late answer is dropped
+	if ok, err := mb.TryLock(ctx); err != nil || !ok {
+		t.Fatalf("b's next try: %v %v", ok, err)
+	}
+	if err := b.Err(); err != nil {
+		t.Fatalf("b's session: %v", err)
+	}
 }

@@ -156,9 +156,9 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 		// finds the first attempt's waiter or grant instead of queueing
 		// again.
 		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-			r, err := e.lock.Acquire(ctx, connect.NewRequest(req))
+			r, err := e.acquire(ctx, req)
 			if err == nil {
-				resp = r.Msg
+				resp = r
 			}
 			return err
 		})
@@ -232,7 +232,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	for _, name := range names {
 		req := &lockdv1.ReleaseRequest{Name: name, LeaseId: m.s.id, Token: token, RequestId: m.s.nextRequestID()}
 		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-			_, err := e.lock.Release(ctx, connect.NewRequest(req))
+			_, err := e.release(ctx, req)
 			return err
 		})
 		if err != nil {

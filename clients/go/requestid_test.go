@@ -188,7 +188,9 @@ func TestRetriedAcquireReusesRequestID(t *testing.T) {
 	}
 
 	px := startIDProxy(t, eps[0])
-	cb := newClient(t, []string{px.url})
+	// Unary, so the proxy sees each call (TestRetriedLockDoesNotQueueTwice
+	// loses a pipelined reply).
+	cb := newClient(t, []string{px.url}, lockd.WithUnaryCalls())
 	b := newSession(t, cb, 5*time.Second, "b")
 	mb := lockd.NewMutex(b, "sdk/reqid")
 	px.loseReplies("Acquire", 1)
@@ -258,7 +260,9 @@ func TestRetriedCampaignReusesRequestID(t *testing.T) {
 	}
 
 	px := startIDProxy(t, eps[0])
-	cb := newClient(t, []string{px.url})
+	// Unary, so the proxy sees each call (TestRetriedLockDoesNotQueueTwice
+	// loses a pipelined reply).
+	cb := newClient(t, []string{px.url}, lockd.WithUnaryCalls())
 	b := newSession(t, cb, 5*time.Second, "b")
 	eb := lockd.NewElection(b, "sdk-reqid")
 	px.loseReplies("Campaign", 1)

@@ -94,7 +94,392 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{13, 0}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{18, 0}
+}
+
+// PipelineRequest is a batch of calls, and of cancels of open ones.
+type PipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*PipelineCall        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineRequest) Reset() {
+	*x = PipelineRequest{}
+	mi := &file_lockd_v1_lock_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineRequest) ProtoMessage() {}
+
+func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lock_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
+func (*PipelineRequest) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PipelineRequest) GetCalls() []*PipelineCall {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+type PipelineCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, unique among the stream's open calls; the
+	// answer carries it. An id may be used again once answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The call's deadline, counted from its arrival, as a unary call's
+	// timeout is. Absent: none but the stream's.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Types that are valid to be assigned to Call:
+	//
+	//	*PipelineCall_Acquire
+	//	*PipelineCall_Release
+	//	*PipelineCall_Cancel
+	Call          isPipelineCall_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineCall) Reset() {
+	*x = PipelineCall{}
+	mi := &file_lockd_v1_lock_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineCall) ProtoMessage() {}
+
+func (x *PipelineCall) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lock_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineCall.ProtoReflect.Descriptor instead.
+func (*PipelineCall) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PipelineCall) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PipelineCall) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetCall() isPipelineCall_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetAcquire() *AcquireRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Acquire); ok {
+			return x.Acquire
+		}
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetRelease() *ReleaseRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetCancel() bool {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return false
+}
+
+type isPipelineCall_Call interface {
+	isPipelineCall_Call()
+}
+
+type PipelineCall_Acquire struct {
+	Acquire *AcquireRequest `protobuf:"bytes,3,opt,name=acquire,proto3,oneof"`
+}
+
+type PipelineCall_Release struct {
+	Release *ReleaseRequest `protobuf:"bytes,4,opt,name=release,proto3,oneof"`
+}
+
+type PipelineCall_Cancel struct {
+	// Gives up the call with this id, as a unary caller that goes away:
+	// an Acquire is withdrawn, and a grant that raced it released, also
+	// one already answered (with a request_id) but perhaps not yet read:
+	// the stream remembers its last 1,024 grants. The answer of an open
+	// call so ended (canceled) may come or not.
+	Cancel bool `protobuf:"varint,5,opt,name=cancel,proto3,oneof"`
+}
+
+func (*PipelineCall_Acquire) isPipelineCall_Call() {}
+
+func (*PipelineCall_Release) isPipelineCall_Call() {}
+
+func (*PipelineCall_Cancel) isPipelineCall_Call() {}
+
+// PipelineResponse is a batch of answers.
+type PipelineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*PipelineResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_lockd_v1_lock_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lock_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PipelineResponse) GetResults() []*PipelineResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type PipelineResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the call answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PipelineResult_Acquire
+	//	*PipelineResult_Release
+	//	*PipelineResult_Error
+	Result        isPipelineResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResult) Reset() {
+	*x = PipelineResult{}
+	mi := &file_lockd_v1_lock_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResult) ProtoMessage() {}
+
+func (x *PipelineResult) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lock_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResult.ProtoReflect.Descriptor instead.
+func (*PipelineResult) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PipelineResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PipelineResult) GetResult() isPipelineResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetAcquire() *AcquireResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Acquire); ok {
+			return x.Acquire
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetRelease() *ReleaseResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetError() *PipelineError {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPipelineResult_Result interface {
+	isPipelineResult_Result()
+}
+
+type PipelineResult_Acquire struct {
+	Acquire *AcquireResponse `protobuf:"bytes,2,opt,name=acquire,proto3,oneof"`
+}
+
+type PipelineResult_Release struct {
+	Release *ReleaseResponse `protobuf:"bytes,3,opt,name=release,proto3,oneof"`
+}
+
+type PipelineResult_Error struct {
+	Error *PipelineError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*PipelineResult_Acquire) isPipelineResult_Result() {}
+
+func (*PipelineResult_Release) isPipelineResult_Result() {}
+
+func (*PipelineResult_Error) isPipelineResult_Result() {}
+
+// PipelineError is a call's failure, as the unary call would have failed.
+type PipelineError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Connect code, as Connect names it ("unavailable",
+	// "failed_precondition", ...).
+	Code    string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// On unavailable, the leader's URL when known (what the unary call
+	// sends in its Lockd-Leader header).
+	LeaderUrl     string `protobuf:"bytes,3,opt,name=leader_url,json=leaderUrl,proto3" json:"leader_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineError) Reset() {
+	*x = PipelineError{}
+	mi := &file_lockd_v1_lock_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineError) ProtoMessage() {}
+
+func (x *PipelineError) ProtoReflect() protoreflect.Message {
+	mi := &file_lockd_v1_lock_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineError.ProtoReflect.Descriptor instead.
+func (*PipelineError) Descriptor() ([]byte, []int) {
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PipelineError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *PipelineError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *PipelineError) GetLeaderUrl() string {
+	if x != nil {
+		return x.LeaderUrl
+	}
+	return ""
 }
 
 type AcquireRequest struct {
@@ -126,7 +511,7 @@ type AcquireRequest struct {
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[0]
+	mi := &file_lockd_v1_lock_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +523,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[0]
+	mi := &file_lockd_v1_lock_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +536,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{0}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AcquireRequest) GetName() string {
@@ -236,7 +621,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[1]
+	mi := &file_lockd_v1_lock_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +633,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[1]
+	mi := &file_lockd_v1_lock_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +646,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{1}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AcquireResponse) GetGranted() bool {
@@ -319,7 +704,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[2]
+	mi := &file_lockd_v1_lock_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +716,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[2]
+	mi := &file_lockd_v1_lock_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +729,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{2}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReleaseRequest) GetName() string {
@@ -384,7 +769,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[3]
+	mi := &file_lockd_v1_lock_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +781,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[3]
+	mi := &file_lockd_v1_lock_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +794,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{3}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReleaseResponse) GetRevision() uint64 {
@@ -429,7 +814,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[4]
+	mi := &file_lockd_v1_lock_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -441,7 +826,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[4]
+	mi := &file_lockd_v1_lock_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -454,7 +839,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{4}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DescribeRequest) GetName() string {
@@ -489,7 +874,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[5]
+	mi := &file_lockd_v1_lock_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +886,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[5]
+	mi := &file_lockd_v1_lock_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +899,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{5}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DescribeResponse) GetHolders() []*Holder {
@@ -586,7 +971,7 @@ type Holder struct {
 
 func (x *Holder) Reset() {
 	*x = Holder{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[6]
+	mi := &file_lockd_v1_lock_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +983,7 @@ func (x *Holder) String() string {
 func (*Holder) ProtoMessage() {}
 
 func (x *Holder) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[6]
+	mi := &file_lockd_v1_lock_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +996,7 @@ func (x *Holder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Holder.ProtoReflect.Descriptor instead.
 func (*Holder) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{6}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Holder) GetLeaseId() uint64 {
@@ -662,7 +1047,7 @@ type Waiter struct {
 
 func (x *Waiter) Reset() {
 	*x = Waiter{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[7]
+	mi := &file_lockd_v1_lock_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +1059,7 @@ func (x *Waiter) String() string {
 func (*Waiter) ProtoMessage() {}
 
 func (x *Waiter) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[7]
+	mi := &file_lockd_v1_lock_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +1072,7 @@ func (x *Waiter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Waiter.ProtoReflect.Descriptor instead.
 func (*Waiter) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{7}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Waiter) GetLeaseId() uint64 {
@@ -732,7 +1117,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[8]
+	mi := &file_lockd_v1_lock_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +1129,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[8]
+	mi := &file_lockd_v1_lock_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +1142,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{8}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -800,7 +1185,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[9]
+	mi := &file_lockd_v1_lock_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +1197,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[9]
+	mi := &file_lockd_v1_lock_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +1210,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{9}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListResponse) GetLocks() []*DescribeResponse {
@@ -859,7 +1244,7 @@ type CheckFenceRequest struct {
 
 func (x *CheckFenceRequest) Reset() {
 	*x = CheckFenceRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[10]
+	mi := &file_lockd_v1_lock_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1256,7 @@ func (x *CheckFenceRequest) String() string {
 func (*CheckFenceRequest) ProtoMessage() {}
 
 func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[10]
+	mi := &file_lockd_v1_lock_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1269,7 @@ func (x *CheckFenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceRequest.ProtoReflect.Descriptor instead.
 func (*CheckFenceRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{10}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckFenceRequest) GetName() string {
@@ -911,7 +1296,7 @@ type CheckFenceResponse struct {
 
 func (x *CheckFenceResponse) Reset() {
 	*x = CheckFenceResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[11]
+	mi := &file_lockd_v1_lock_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1308,7 @@ func (x *CheckFenceResponse) String() string {
 func (*CheckFenceResponse) ProtoMessage() {}
 
 func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[11]
+	mi := &file_lockd_v1_lock_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1321,7 @@ func (x *CheckFenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckFenceResponse.ProtoReflect.Descriptor instead.
 func (*CheckFenceResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{11}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckFenceResponse) GetValid() bool {
@@ -967,7 +1352,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[12]
+	mi := &file_lockd_v1_lock_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1364,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[12]
+	mi := &file_lockd_v1_lock_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1377,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{12}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1032,7 +1417,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[13]
+	mi := &file_lockd_v1_lock_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1429,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[13]
+	mi := &file_lockd_v1_lock_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1442,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{13}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1122,7 +1507,7 @@ type ForceReleaseRequest struct {
 
 func (x *ForceReleaseRequest) Reset() {
 	*x = ForceReleaseRequest{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[14]
+	mi := &file_lockd_v1_lock_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1519,7 @@ func (x *ForceReleaseRequest) String() string {
 func (*ForceReleaseRequest) ProtoMessage() {}
 
 func (x *ForceReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[14]
+	mi := &file_lockd_v1_lock_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1532,7 @@ func (x *ForceReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ForceReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{14}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ForceReleaseRequest) GetName() string {
@@ -1181,7 +1566,7 @@ type ForceReleaseResponse struct {
 
 func (x *ForceReleaseResponse) Reset() {
 	*x = ForceReleaseResponse{}
-	mi := &file_lockd_v1_lock_proto_msgTypes[15]
+	mi := &file_lockd_v1_lock_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1578,7 @@ func (x *ForceReleaseResponse) String() string {
 func (*ForceReleaseResponse) ProtoMessage() {}
 
 func (x *ForceReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lockd_v1_lock_proto_msgTypes[15]
+	mi := &file_lockd_v1_lock_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1591,7 @@ func (x *ForceReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ForceReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{15}
+	return file_lockd_v1_lock_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ForceReleaseResponse) GetRevision() uint64 {
@@ -1227,7 +1612,29 @@ var File_lockd_v1_lock_proto protoreflect.FileDescriptor
 
 const file_lockd_v1_lock_proto_rawDesc = "" +
 	"\n" +
-	"\x13lockd/v1/lock.proto\x12\blockd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14lockd/v1/lease.proto\"\xb1\x02\n" +
+	"\x13lockd/v1/lock.proto\x12\blockd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14lockd/v1/lease.proto\"?\n" +
+	"\x0fPipelineRequest\x12,\n" +
+	"\x05calls\x18\x01 \x03(\v2\x16.lockd.v1.PipelineCallR\x05calls\"\xe1\x01\n" +
+	"\fPipelineCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
+	"\aacquire\x18\x03 \x01(\v2\x18.lockd.v1.AcquireRequestH\x00R\aacquire\x124\n" +
+	"\arelease\x18\x04 \x01(\v2\x18.lockd.v1.ReleaseRequestH\x00R\arelease\x12\x18\n" +
+	"\x06cancel\x18\x05 \x01(\bH\x00R\x06cancelB\x06\n" +
+	"\x04call\"F\n" +
+	"\x10PipelineResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.lockd.v1.PipelineResultR\aresults\"\xc9\x01\n" +
+	"\x0ePipelineResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\aacquire\x18\x02 \x01(\v2\x19.lockd.v1.AcquireResponseH\x00R\aacquire\x125\n" +
+	"\arelease\x18\x03 \x01(\v2\x19.lockd.v1.ReleaseResponseH\x00R\arelease\x12/\n" +
+	"\x05error\x18\x04 \x01(\v2\x17.lockd.v1.PipelineErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"\\\n" +
+	"\rPipelineError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
+	"\n" +
+	"leader_url\x18\x03 \x01(\tR\tleaderUrl\"\xb1\x02\n" +
 	"\x0eAcquireRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x1d\n" +
@@ -1329,7 +1736,7 @@ const file_lockd_v1_lock_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"N\n" +
 	"\x14ForceReleaseResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
-	"\breleased\x18\x02 \x01(\rR\breleased2\xef\x03\n" +
+	"\breleased\x18\x02 \x01(\rR\breleased2\xb8\x04\n" +
 	"\vLockService\x12@\n" +
 	"\aAcquire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\"\x00\x12@\n" +
 	"\aRelease\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\"\x00\x12F\n" +
@@ -1338,7 +1745,8 @@ const file_lockd_v1_lock_proto_rawDesc = "" +
 	"\n" +
 	"CheckFence\x12\x1b.lockd.v1.CheckFenceRequest\x1a\x1c.lockd.v1.CheckFenceResponse\"\x03\x90\x02\x01\x129\n" +
 	"\x05Watch\x12\x16.lockd.v1.WatchRequest\x1a\x14.lockd.v1.WatchEvent\"\x000\x01\x12O\n" +
-	"\fForceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\"\x00B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
+	"\fForceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\"\x00\x12G\n" +
+	"\bPipeline\x12\x19.lockd.v1.PipelineRequest\x1a\x1a.lockd.v1.PipelineResponse\"\x00(\x010\x01B2Z0github.com/lockd-io/lockd/proto/lockd/v1;lockdv1b\x06proto3"
 
 var (
 	file_lockd_v1_lock_proto_rawDescOnce sync.Once
@@ -1353,64 +1761,79 @@ func file_lockd_v1_lock_proto_rawDescGZIP() []byte {
 }
 
 var file_lockd_v1_lock_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lockd_v1_lock_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_lockd_v1_lock_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_lockd_v1_lock_proto_goTypes = []any{
 	(WatchEvent_Type)(0),          // 0: lockd.v1.WatchEvent.Type
-	(*AcquireRequest)(nil),        // 1: lockd.v1.AcquireRequest
-	(*AcquireResponse)(nil),       // 2: lockd.v1.AcquireResponse
-	(*ReleaseRequest)(nil),        // 3: lockd.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),       // 4: lockd.v1.ReleaseResponse
-	(*DescribeRequest)(nil),       // 5: lockd.v1.DescribeRequest
-	(*DescribeResponse)(nil),      // 6: lockd.v1.DescribeResponse
-	(*Holder)(nil),                // 7: lockd.v1.Holder
-	(*Waiter)(nil),                // 8: lockd.v1.Waiter
-	(*ListRequest)(nil),           // 9: lockd.v1.ListRequest
-	(*ListResponse)(nil),          // 10: lockd.v1.ListResponse
-	(*CheckFenceRequest)(nil),     // 11: lockd.v1.CheckFenceRequest
-	(*CheckFenceResponse)(nil),    // 12: lockd.v1.CheckFenceResponse
-	(*WatchRequest)(nil),          // 13: lockd.v1.WatchRequest
-	(*WatchEvent)(nil),            // 14: lockd.v1.WatchEvent
-	(*ForceReleaseRequest)(nil),   // 15: lockd.v1.ForceReleaseRequest
-	(*ForceReleaseResponse)(nil),  // 16: lockd.v1.ForceReleaseResponse
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(Mode)(0),                     // 18: lockd.v1.Mode
-	(*Grant)(nil),                 // 19: lockd.v1.Grant
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*PipelineRequest)(nil),       // 1: lockd.v1.PipelineRequest
+	(*PipelineCall)(nil),          // 2: lockd.v1.PipelineCall
+	(*PipelineResponse)(nil),      // 3: lockd.v1.PipelineResponse
+	(*PipelineResult)(nil),        // 4: lockd.v1.PipelineResult
+	(*PipelineError)(nil),         // 5: lockd.v1.PipelineError
+	(*AcquireRequest)(nil),        // 6: lockd.v1.AcquireRequest
+	(*AcquireResponse)(nil),       // 7: lockd.v1.AcquireResponse
+	(*ReleaseRequest)(nil),        // 8: lockd.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),       // 9: lockd.v1.ReleaseResponse
+	(*DescribeRequest)(nil),       // 10: lockd.v1.DescribeRequest
+	(*DescribeResponse)(nil),      // 11: lockd.v1.DescribeResponse
+	(*Holder)(nil),                // 12: lockd.v1.Holder
+	(*Waiter)(nil),                // 13: lockd.v1.Waiter
+	(*ListRequest)(nil),           // 14: lockd.v1.ListRequest
+	(*ListResponse)(nil),          // 15: lockd.v1.ListResponse
+	(*CheckFenceRequest)(nil),     // 16: lockd.v1.CheckFenceRequest
+	(*CheckFenceResponse)(nil),    // 17: lockd.v1.CheckFenceResponse
+	(*WatchRequest)(nil),          // 18: lockd.v1.WatchRequest
+	(*WatchEvent)(nil),            // 19: lockd.v1.WatchEvent
+	(*ForceReleaseRequest)(nil),   // 20: lockd.v1.ForceReleaseRequest
+	(*ForceReleaseResponse)(nil),  // 21: lockd.v1.ForceReleaseResponse
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(Mode)(0),                     // 23: lockd.v1.Mode
+	(*Grant)(nil),                 // 24: lockd.v1.Grant
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_lockd_v1_lock_proto_depIdxs = []int32{
-	17, // 0: lockd.v1.AcquireRequest.wait:type_name -> google.protobuf.Duration
-	18, // 1: lockd.v1.AcquireRequest.mode:type_name -> lockd.v1.Mode
-	17, // 2: lockd.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
-	17, // 3: lockd.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
-	19, // 4: lockd.v1.AcquireResponse.grants:type_name -> lockd.v1.Grant
-	7,  // 5: lockd.v1.DescribeResponse.holders:type_name -> lockd.v1.Holder
-	8,  // 6: lockd.v1.DescribeResponse.waiters:type_name -> lockd.v1.Waiter
-	20, // 7: lockd.v1.DescribeResponse.delayed_until:type_name -> google.protobuf.Timestamp
-	17, // 8: lockd.v1.DescribeResponse.lock_delay:type_name -> google.protobuf.Duration
-	18, // 9: lockd.v1.Holder.mode:type_name -> lockd.v1.Mode
-	18, // 10: lockd.v1.Waiter.mode:type_name -> lockd.v1.Mode
-	6,  // 11: lockd.v1.ListResponse.locks:type_name -> lockd.v1.DescribeResponse
-	0,  // 12: lockd.v1.WatchEvent.type:type_name -> lockd.v1.WatchEvent.Type
-	6,  // 13: lockd.v1.WatchEvent.state:type_name -> lockd.v1.DescribeResponse
-	1,  // 14: lockd.v1.LockService.Acquire:input_type -> lockd.v1.AcquireRequest
-	3,  // 15: lockd.v1.LockService.Release:input_type -> lockd.v1.ReleaseRequest
-	5,  // 16: lockd.v1.LockService.Describe:input_type -> lockd.v1.DescribeRequest
-	9,  // 17: lockd.v1.LockService.List:input_type -> lockd.v1.ListRequest
-	11, // 18: lockd.v1.LockService.CheckFence:input_type -> lockd.v1.CheckFenceRequest
-	13, // 19: lockd.v1.LockService.Watch:input_type -> lockd.v1.WatchRequest
-	15, // 20: lockd.v1.LockService.ForceRelease:input_type -> lockd.v1.ForceReleaseRequest
-	2,  // 21: lockd.v1.LockService.Acquire:output_type -> lockd.v1.AcquireResponse
-	4,  // 22: lockd.v1.LockService.Release:output_type -> lockd.v1.ReleaseResponse
-	6,  // 23: lockd.v1.LockService.Describe:output_type -> lockd.v1.DescribeResponse
-	10, // 24: lockd.v1.LockService.List:output_type -> lockd.v1.ListResponse
-	12, // 25: lockd.v1.LockService.CheckFence:output_type -> lockd.v1.CheckFenceResponse
-	14, // 26: lockd.v1.LockService.Watch:output_type -> lockd.v1.WatchEvent
-	16, // 27: lockd.v1.LockService.ForceRelease:output_type -> lockd.v1.ForceReleaseResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2,  // 0: lockd.v1.PipelineRequest.calls:type_name -> lockd.v1.PipelineCall
+	22, // 1: lockd.v1.PipelineCall.timeout:type_name -> google.protobuf.Duration
+	6,  // 2: lockd.v1.PipelineCall.acquire:type_name -> lockd.v1.AcquireRequest
+	8,  // 3: lockd.v1.PipelineCall.release:type_name -> lockd.v1.ReleaseRequest
+	4,  // 4: lockd.v1.PipelineResponse.results:type_name -> lockd.v1.PipelineResult
+	7,  // 5: lockd.v1.PipelineResult.acquire:type_name -> lockd.v1.AcquireResponse
+	9,  // 6: lockd.v1.PipelineResult.release:type_name -> lockd.v1.ReleaseResponse
+	5,  // 7: lockd.v1.PipelineResult.error:type_name -> lockd.v1.PipelineError
+	22, // 8: lockd.v1.AcquireRequest.wait:type_name -> google.protobuf.Duration
+	23, // 9: lockd.v1.AcquireRequest.mode:type_name -> lockd.v1.Mode
+	22, // 10: lockd.v1.AcquireRequest.lock_delay:type_name -> google.protobuf.Duration
+	22, // 11: lockd.v1.AcquireResponse.ttl:type_name -> google.protobuf.Duration
+	24, // 12: lockd.v1.AcquireResponse.grants:type_name -> lockd.v1.Grant
+	12, // 13: lockd.v1.DescribeResponse.holders:type_name -> lockd.v1.Holder
+	13, // 14: lockd.v1.DescribeResponse.waiters:type_name -> lockd.v1.Waiter
+	25, // 15: lockd.v1.DescribeResponse.delayed_until:type_name -> google.protobuf.Timestamp
+	22, // 16: lockd.v1.DescribeResponse.lock_delay:type_name -> google.protobuf.Duration
+	23, // 17: lockd.v1.Holder.mode:type_name -> lockd.v1.Mode
+	23, // 18: lockd.v1.Waiter.mode:type_name -> lockd.v1.Mode
+	11, // 19: lockd.v1.ListResponse.locks:type_name -> lockd.v1.DescribeResponse
+	0,  // 20: lockd.v1.WatchEvent.type:type_name -> lockd.v1.WatchEvent.Type
+	11, // 21: lockd.v1.WatchEvent.state:type_name -> lockd.v1.DescribeResponse
+	6,  // 22: lockd.v1.LockService.Acquire:input_type -> lockd.v1.AcquireRequest
+	8,  // 23: lockd.v1.LockService.Release:input_type -> lockd.v1.ReleaseRequest
+	10, // 24: lockd.v1.LockService.Describe:input_type -> lockd.v1.DescribeRequest
+	14, // 25: lockd.v1.LockService.List:input_type -> lockd.v1.ListRequest
+	16, // 26: lockd.v1.LockService.CheckFence:input_type -> lockd.v1.CheckFenceRequest
+	18, // 27: lockd.v1.LockService.Watch:input_type -> lockd.v1.WatchRequest
+	20, // 28: lockd.v1.LockService.ForceRelease:input_type -> lockd.v1.ForceReleaseRequest
+	1,  // 29: lockd.v1.LockService.Pipeline:input_type -> lockd.v1.PipelineRequest
+	7,  // 30: lockd.v1.LockService.Acquire:output_type -> lockd.v1.AcquireResponse
+	9,  // 31: lockd.v1.LockService.Release:output_type -> lockd.v1.ReleaseResponse
+	11, // 32: lockd.v1.LockService.Describe:output_type -> lockd.v1.DescribeResponse
+	15, // 33: lockd.v1.LockService.List:output_type -> lockd.v1.ListResponse
+	17, // 34: lockd.v1.LockService.CheckFence:output_type -> lockd.v1.CheckFenceResponse
+	19, // 35: lockd.v1.LockService.Watch:output_type -> lockd.v1.WatchEvent
+	21, // 36: lockd.v1.LockService.ForceRelease:output_type -> lockd.v1.ForceReleaseResponse
+	3,  // 37: lockd.v1.LockService.Pipeline:output_type -> lockd.v1.PipelineResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_lock_proto_init() }
@@ -1419,13 +1842,23 @@ func file_lockd_v1_lock_proto_init() {
 		return
 	}
 	file_lockd_v1_lease_proto_init()
+	file_lockd_v1_lock_proto_msgTypes[1].OneofWrappers = []any{
+		(*PipelineCall_Acquire)(nil),
+		(*PipelineCall_Release)(nil),
+		(*PipelineCall_Cancel)(nil),
+	}
+	file_lockd_v1_lock_proto_msgTypes[3].OneofWrappers = []any{
+		(*PipelineResult_Acquire)(nil),
+		(*PipelineResult_Release)(nil),
+		(*PipelineResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lockd_v1_lock_proto_rawDesc), len(file_lockd_v1_lock_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,8 @@ const (
 	// LockServiceForceReleaseProcedure is the fully-qualified name of the LockService's ForceRelease
 	// RPC.
 	LockServiceForceReleaseProcedure = "/lockd.v1.LockService/ForceRelease"
+	// LockServicePipelineProcedure is the fully-qualified name of the LockService's Pipeline RPC.
+	LockServicePipelineProcedure = "/lockd.v1.LockService/Pipeline"
 )
 
 // LockServiceClient is a client for the lockd.v1.LockService service.
@@ -70,6 +72,15 @@ type LockServiceClient interface {
 	// ForceRelease breaks a grant as an admin: the holder's token goes stale,
 	// the lock's delay applies, and the holder is told why.
 	ForceRelease(context.Context, *connect.Request[v1.ForceReleaseRequest]) (*connect.Response[v1.ForceReleaseResponse], error)
+	// Pipeline carries many Acquire and Release calls on one stream (HTTP/2),
+	// several to a message each way: a call costs a fraction of a unary RPC,
+	// and the Go SDK sends its locks this way. Each call means exactly what
+	// the unary call means, is checked as that call would be, and is answered
+	// on its own when it completes, in any order. A call still open when the
+	// stream ends is cancelled, as a unary call whose client went away. A
+	// stream holds at most 10,000 open calls; more are refused
+	// (resource_exhausted).
+	Pipeline(context.Context) *connect.BidiStreamForClient[v1.PipelineRequest, v1.PipelineResponse]
 }
 
 // NewLockServiceClient constructs a client for the lockd.v1.LockService service. By default, it
@@ -128,6 +139,12 @@ func NewLockServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(lockServiceMethods.ByName("ForceRelease")),
 			connect.WithClientOptions(opts...),
 		),
+		pipeline: connect.NewClient[v1.PipelineRequest, v1.PipelineResponse](
+			httpClient,
+			baseURL+LockServicePipelineProcedure,
+			connect.WithSchema(lockServiceMethods.ByName("Pipeline")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -140,6 +157,7 @@ type lockServiceClient struct {
 	checkFence   *connect.Client[v1.CheckFenceRequest, v1.CheckFenceResponse]
 	watch        *connect.Client[v1.WatchRequest, v1.WatchEvent]
 	forceRelease *connect.Client[v1.ForceReleaseRequest, v1.ForceReleaseResponse]
+	pipeline     *connect.Client[v1.PipelineRequest, v1.PipelineResponse]
 }
 
 // Acquire calls lockd.v1.LockService.Acquire.
@@ -177,6 +195,11 @@ func (c *lockServiceClient) ForceRelease(ctx context.Context, req *connect.Reque
 	return c.forceRelease.CallUnary(ctx, req)
 }
 
+// Pipeline calls lockd.v1.LockService.Pipeline.
+func (c *lockServiceClient) Pipeline(ctx context.Context) *connect.BidiStreamForClient[v1.PipelineRequest, v1.PipelineResponse] {
+	return c.pipeline.CallBidiStream(ctx)
+}
+
 // LockServiceHandler is an implementation of the lockd.v1.LockService service.
 type LockServiceHandler interface {
 	// Acquire waits in the lock's queue until granted or until the wait (or
@@ -197,6 +220,15 @@ type LockServiceHandler interface {
 	// ForceRelease breaks a grant as an admin: the holder's token goes stale,
 	// the lock's delay applies, and the holder is told why.
 	ForceRelease(context.Context, *connect.Request[v1.ForceReleaseRequest]) (*connect.Response[v1.ForceReleaseResponse], error)
+	// Pipeline carries many Acquire and Release calls on one stream (HTTP/2),
+	// several to a message each way: a call costs a fraction of a unary RPC,
+	// and the Go SDK sends its locks this way. Each call means exactly what
+	// the unary call means, is checked as that call would be, and is answered
+	// on its own when it completes, in any order. A call still open when the
+	// stream ends is cancelled, as a unary call whose client went away. A
+	// stream holds at most 10,000 open calls; more are refused
+	// (resource_exhausted).
+	Pipeline(context.Context, *connect.BidiStream[v1.PipelineRequest, v1.PipelineResponse]) error
 }
 
 // NewLockServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -251,6 +283,12 @@ func NewLockServiceHandler(svc LockServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(lockServiceMethods.ByName("ForceRelease")),
 		connect.WithHandlerOptions(opts...),
 	)
+	lockServicePipelineHandler := connect.NewBidiStreamHandler(
+		LockServicePipelineProcedure,
+		svc.Pipeline,
+		connect.WithSchema(lockServiceMethods.ByName("Pipeline")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/lockd.v1.LockService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case LockServiceAcquireProcedure:
@@ -267,6 +305,8 @@ func NewLockServiceHandler(svc LockServiceHandler, opts ...connect.HandlerOption
 			lockServiceWatchHandler.ServeHTTP(w, r)
 		case LockServiceForceReleaseProcedure:
 			lockServiceForceReleaseHandler.ServeHTTP(w, r)
+		case LockServicePipelineProcedure:
+			lockServicePipelineHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -302,4 +342,8 @@ func (UnimplementedLockServiceHandler) Watch(context.Context, *connect.Request[v
 
 func (UnimplementedLockServiceHandler) ForceRelease(context.Context, *connect.Request[v1.ForceReleaseRequest]) (*connect.Response[v1.ForceReleaseResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LockService.ForceRelease is not implemented"))
+}
+
+func (UnimplementedLockServiceHandler) Pipeline(context.Context, *connect.BidiStream[v1.PipelineRequest, v1.PipelineResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("lockd.v1.LockService.Pipeline is not implemented"))
 }

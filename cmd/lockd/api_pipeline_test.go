@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// pipe is a LockService.Pipeline stream under test, with its answers
+// collected by call id.
+type pipe struct {
+	t       *testing.T
+	stream  *connect.BidiStreamForClient[lockdv1.PipelineRequest, lockdv1.PipelineResponse]
+	answers chan *lockdv1.PipelineResult
+	ended   chan error
+	cancel  context.CancelFunc
+}
+
+func openPipe(t *testing.T, c clients) *pipe {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &pipe{t: t, stream: c.lock.Pipeline(ctx), answers: make(chan *lockdv1.PipelineResult, 100), ended: make(chan error, 1), cancel: cancel}
+	t.Cleanup(cancel)
+	go func() {
+		for {
+			resp, err := p.stream.Receive()
+			if err != nil {
+				p.ended <- err
+				return
+			}
+			for _, r := range resp.GetResults() {
+				p.answers <- r
+			}
+		}
+	}()
+	return p
+}
+
+func (p *pipe) send(calls ...*lockdv1.PipelineCall) {
+	p.t.Helper()
+	if err := p.stream.Send(&lockdv1.PipelineRequest{Calls: calls}); err != nil {
+		p.t.Fatalf("send: %v", err)
+	}
+}
+
+// next returns the next n answers, by id.
+func (p *pipe) next(n int) map[uint64]*lockdv1.PipelineResult {
+	p.t.Helper()
+	got := map[uint64]*lockdv1.PipelineResult{}
+	for len(got) < n {
+		select {
+		case r := <-p.answers:
+			if _, dup := got[r.GetId()]; dup {
+				p.t.Fatalf("call %d answered twice", r.GetId())
+			}
+			got[r.GetId()] = r
+		case err := <-p.ended:
+			p.t.Fatalf("the stream ended after %d of %d answers: %v", len(got), n, err)
+		case <-time.After(10 * time.Second):
+			p.t.Fatalf("%d of %d answers within 10s: %v", len(got), n, got)
+		}
+	}
+	return got
+}
+
+// close resets the stream, as a client that goes away does.
+func (p *pipe) close() {
+	p.cancel()
+	p.stream.CloseResponse()
+	p.stream.CloseRequest()
+}
+
+// quiet checks that no answer comes for a while.
+func (p *pipe) quiet(d time.Duration) {
+	p.t.Helper()
+	select {
+	case r := <-p.answers:
+		p.t.Fatalf("unexpected answer %v", r)
+	case <-time.After(d):
+	}
+}
+
+func acquireCall(id uint64, req *lockdv1.AcquireRequest) *lockdv1.PipelineCall {
+	return &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Acquire{Acquire: req}}
+}
+
+func releaseCall(id uint64, req *lockdv1.ReleaseRequest) *lockdv1.PipelineCall {
+	return &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Release{Release: req}}
+}
+
+func cancelCall(id uint64) *lockdv1.PipelineCall {
+	return &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Cancel{Cancel: true}}
+}
+
+// Calls on a Pipeline stream mean what their unary twins mean: grants in
+// queue order with rising tokens, each answered by its id when it ends,
+// in whatever order; several to a message.
+func TestAPIPipelineCalls(t *testing.T) {
+	ins := startInstances(t, 3)
+	leader := waitLeader(t, ins)
+	for _, via := range []*instance{leader, followerOf(ins, leader)} {
+		c := newClients(via.url())
+		name := "pipe/" + strings.TrimPrefix(via.url(), "http://")
+		a := grant(t, c, 5*time.Second, "a")
+		b := grant(t, c, 5*time.Second, "b")
+		keepAlive(t, c, a, 200*time.Millisecond)
+		keepAlive(t, c, b, 200*time.Millisecond)
+		p := openPipe(t, c)
+		// a takes the lock; b queues behind it. (Calls in one message run
+		// concurrently, as unary calls would.)
+		p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: name, LeaseId: a, RequestId: 1}))
+		got := p.next(1)
+		ra := got[1].GetAcquire()
+		if !ra.GetGranted() || ra.GetToken() == 0 {
+			t.Fatalf("a's acquire: %v", got)
+		}
+		p.send(acquireCall(2, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: 1}),
+			releaseCall(5, &lockdv1.ReleaseRequest{Name: name, LeaseId: b, RequestId: 7}))
+		if e := p.next(1)[5].GetError(); e.GetCode() != connect.CodeFailedPrecondition.String() {
+			t.Fatalf("release by a waiter: %v, want failed_precondition", e)
+		}
+		p.quiet(200 * time.Millisecond) // b waits
+		if w := describe(t, c, name).GetWaiters(); len(w) != 1 || w[0].GetLeaseId() != b {
+			t.Fatalf("waiters %v, want b", w)
+		}
+		// a's release answers, and grants b, whose answer follows.
+		p.send(releaseCall(3, &lockdv1.ReleaseRequest{Name: name, LeaseId: a, Token: ra.GetToken(), RequestId: 2}))
+		got = p.next(2)
+		if got[3].GetRelease() == nil {
+			t.Fatalf("release: %v", got[3])
+		}
+		rb := got[2].GetAcquire()
+		if !rb.GetGranted() || rb.GetToken() <= ra.GetToken() {
+			t.Fatalf("b's acquire: %v after a's token %d", got[2], ra.GetToken())
+		}
+		// A retried call (same request id, new call id) finds its grant.
+		p.send(acquireCall(4, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: 1}))
+		if r := p.next(1)[4].GetAcquire(); !r.GetGranted() || r.GetToken() != rb.GetToken() {
+			t.Fatalf("retried acquire: %v, want token %d", r, rb.GetToken())
+		}
+		if d := describe(t, c, name); len(d.GetHolders()) != 1 || len(d.GetWaiters()) != 0 {
+			t.Fatalf("after the retry: %v", d)
+		}
+	}
+}
+
+// A waiter on a Pipeline stream is withdrawn when its caller cancels it,
+// when its timeout runs out (deadline_exceeded, as a unary call's), and
+// when the stream ends; a grant is never left with a caller that gave up.
+func TestAPIPipelineWithdraws(t *testing.T) {
+	ins := startInstances(t, 1)
+	c := newClients(ins[0].url())
+	a := grant(t, c, 5*time.Second, "a")
+	b := grant(t, c, 5*time.Second, "b")
+	keepAlive(t, c, a, 200*time.Millisecond)
+	keepAlive(t, c, b, 200*time.Millisecond)
+	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "pw", LeaseId: a}); err != nil || !r.GetGranted() {
+		t.Fatal(r, err)
+	}
+	waiters := func(want int) func() error {
+		return func() error {
+			if n := len(describe(t, c, "pw").GetWaiters()); n != want {
+				return fmt.Errorf("%d waiters, want %d", n, want)
+			}
+			return nil
+		}
+	}
+	p := openPipe(t, c)
+
+	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 1}))
+	eventually(t, 5*time.Second, "b queued", waiters(1))
+	p.send(cancelCall(1))
+	if e := p.next(1)[1].GetError(); e.GetCode() != connect.CodeCanceled.String() {
+		t.Fatalf("cancelled call answered %v, want canceled", e)
+	}
+	eventually(t, 5*time.Second, "the cancelled waiter withdrawn", waiters(0))
+
+	p.send(&lockdv1.PipelineCall{Id: 2, Timeout: durationpb.New(300 * time.Millisecond),
+		Call: &lockdv1.PipelineCall_Acquire{Acquire: &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 2}}})
+	if e := p.next(1)[2].GetError(); e.GetCode() != connect.CodeDeadlineExceeded.String() {
+		t.Fatalf("timed-out call answered %v, want deadline_exceeded", e)
+	}
+	eventually(t, 5*time.Second, "the timed-out waiter withdrawn", waiters(0))
+
+	p.send(acquireCall(3, &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 3}))
+	eventually(t, 5*time.Second, "b queued again", waiters(1))
+	p.close() // the client goes away
+	eventually(t, 5*time.Second, "the stream's waiter withdrawn", waiters(0))
+	// Nothing was left with b: a's release frees the lock.
+	if _, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "pw", LeaseId: a})); err != nil {
+		t.Fatal(err)
+	}
+	if d := describe(t, c, "pw"); len(d.GetHolders()) != 0 || len(d.GetWaiters()) != 0 {
+		t.Fatalf("after a's release: %v", d)
+	}
+}
+
+// Bad calls on a Pipeline stream are answered each with the code its
+// unary twin gets (or that the stream's rules name), change nothing, and
+// leave the stream serving.
+func TestAPIPipelineBadInput(t *testing.T) {
+	ins := startInstances(t, 1)
+	c := newClients(ins[0].url())
+	a := grant(t, c, 5*time.Second, "a")
+	keepAlive(t, c, a, 200*time.Millisecond)
+	held, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "pb", LeaseId: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := openPipe(t, c)
+	// A call that stays open, so that its id is taken.
+	b := grant(t, c, 5*time.Second, "b")
+	keepAlive(t, c, b, 200*time.Millisecond)
+	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pb", LeaseId: b, RequestId: 1}))
+	eventually(t, 5*time.Second, "b queued", func() error {
+		if n := len(describe(t, c, "pb").GetWaiters()); n != 1 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+	before := describe(t, c, "pb")
+	cases := []struct {
+		call *lockdv1.PipelineCall
+		code connect.Code
+		says string
+	}{
+		{acquireCall(1, &lockdv1.AcquireRequest{Name: "pb", LeaseId: a, RequestId: 9}), connect.CodeInvalidArgument, "already open"},
+		{&lockdv1.PipelineCall{Id: 2}, connect.CodeInvalidArgument, "names no call"},
+		{&lockdv1.PipelineCall{Id: 3, Timeout: durationpb.New(-time.Second), Call: &lockdv1.PipelineCall_Acquire{Acquire: &lockdv1.AcquireRequest{Name: "pb", LeaseId: a}}}, connect.CodeInvalidArgument, "timeout"},
+		{acquireCall(4, &lockdv1.AcquireRequest{Name: "", LeaseId: a}), connect.CodeInvalidArgument, "name"},
+		{acquireCall(5, &lockdv1.AcquireRequest{Name: strings.Repeat("x", 513), LeaseId: a}), connect.CodeInvalidArgument, "name"},
+		{acquireCall(6, &lockdv1.AcquireRequest{Name: "pb", LeaseId: 999999}), connect.CodeNotFound, "lease"},
+		{releaseCall(7, &lockdv1.ReleaseRequest{Name: "pb", LeaseId: b}), connect.CodeFailedPrecondition, ""},
+		{releaseCall(8, &lockdv1.ReleaseRequest{Name: "pb", LeaseId: a, Token: held.GetToken() - 1}), connect.CodeFailedPrecondition, ""},
+		{releaseCall(9, &lockdv1.ReleaseRequest{Name: "pb"}), connect.CodeInvalidArgument, "lease_id"},
+		{cancelCall(77), 0, ""}, // nothing open by that id: ignored
+	}
+	for _, tc := range cases {
+		p.send(tc.call)
+		if tc.code == 0 {
+			p.quiet(100 * time.Millisecond)
+			continue
+		}
+		e := p.next(1)[tc.call.GetId()].GetError()
+		if e.GetCode() != tc.code.String() || !strings.Contains(e.GetMessage(), tc.says) {
+			t.Errorf("call %v: answered %v, want %v saying %q", tc.call, e, tc.code, tc.says)
+		}
+	}
+	if after := describe(t, c, "pb"); !proto.Equal(before, after) {
+		t.Fatalf("bad calls changed the lock:\n%v\nto\n%v", before, after)
+	}
+	// The stream still serves: a's release grants b's open call.
+	p.send(releaseCall(10, &lockdv1.ReleaseRequest{Name: "pb", LeaseId: a, Token: held.GetToken()}))
+	got := p.next(2)
+	if got[10].GetRelease() == nil || !got[1].GetAcquire().GetGranted() {
+		t.Fatalf("after the bad calls: %v", got)
+	}
+}
