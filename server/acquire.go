@@ -16,8 +16,10 @@ import (
 // acquire proposes an Acquire and, if it queued, waits for the grant until
 // wait (if set) or ctx runs out. A waiter that gives up is withdrawn; if its
 // grant won the race, the withdrawal releases it, so a caller that is told
-// "not granted" never holds the lock.
-func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Duration) (*locks.Result, error) {
+// "not granted" never holds the lock. When detach closes (its stream ended
+// without its caller giving up) the wait ends Unavailable and the waiter
+// stays queued, for the caller's retry to find, as when the node drains.
+func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Duration, detach <-chan struct{}) (*locks.Result, error) {
 	leaseID := a.GetLeaseId()
 	if a.GetRequestId() == 0 {
 		// Every acquire has a request id, so that it can be cancelled by it.
@@ -39,21 +41,35 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 		}
 		// The outcome is unknown: cancel the request by its id, so it cannot
 		// take effect later, before answering.
-		if s.cancelRequest(ctx, leaseID, a.GetRequestId(), false) == nil {
+		if s.cancelRequest(ctx, leaseID, a.GetRequestId(), 0, false) == nil {
 			return nil, connect.NewError(connect.CodeAborted, errors.New("the acquire could not be applied in time and was cancelled; retry with a new request id"))
 		}
 		return nil, err
 	}
+	// gaveUp undoes the acquire of a caller that went away, granted or not:
+	// nobody will be told of the grant. (By the waiter too: the table finds
+	// a request id only among the lease's last requests.)
+	gaveUp := func() error {
+		s.cancelInBackground(ctx, leaseID, a.GetRequestId(), res.WaiterID)
+		return ctx.Err()
+	}
 	if ctx.Err() != nil {
-		s.cancelInBackground(ctx, leaseID, a.GetRequestId())
-		return nil, ctx.Err()
+		return nil, gaveUp()
 	}
 	if res.Granted || a.GetTry() {
 		return res, nil
 	}
+	// outcome is the waiter's fate, if it is settled.
+	outcome := func() (bool, *locks.Result, error) {
+		done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames()))
+		if done && err == nil && ctx.Err() != nil {
+			return true, nil, gaveUp() // granted as its caller left
+		}
+		return done, r, err
+	}
 	if res.Duplicate {
 		// A retry of a request that queued: it may have been granted since.
-		if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
+		if done, r, err := outcome(); done {
 			return r, err
 		}
 	}
@@ -69,18 +85,18 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 			if e.WaiterID != res.WaiterID && e.Type != locks.LeaseEnded {
 				continue
 			}
-			if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
+			if done, r, err := outcome(); done {
 				return r, err
 			}
 		case <-sub.lost:
 			// Cut off by the hub: listen again, then look at the table, so
 			// that a grant made in between is seen one way or the other.
 			sub = s.hub.subscribeLease(leaseID, acquireSubBuffer, match)
-			if done, r, err := s.waiterOutcome(leaseID, res, len(a.GetNames())); done {
+			if done, r, err := outcome(); done {
 				return r, err
 			}
 		case <-timeout:
-			if err := s.cancelRequest(ctx, leaseID, a.GetRequestId(), true); err != nil {
+			if err := s.cancelRequest(ctx, leaseID, a.GetRequestId(), res.WaiterID, true); err != nil {
 				return nil, err
 			}
 			return &locks.Result{Revision: s.table.Revision()}, nil
@@ -88,9 +104,10 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 			// Shutting down. The waiter stays queued: the client retries on
 			// another node with the same request id and finds it there.
 			return nil, errShuttingDown
+		case <-detach:
+			return nil, errDetached
 		case <-ctx.Done():
-			s.cancelInBackground(ctx, leaseID, a.GetRequestId())
-			return nil, ctx.Err()
+			return nil, gaveUp()
 		}
 	}
 }
@@ -126,15 +143,15 @@ func (s *Server) waiterOutcome(leaseID uint64, queued *locks.Result, names int) 
 	}
 }
 
-// cancelRequest cancels an acquire by its request id: it withdraws the
-// waiter it queued, or releases the grant it got, and makes the id answer
-// Aborted from then on. It retries while the cluster is unavailable, for up
+// cancelRequest cancels an acquire by its request id (and its waiter id,
+// when known): it withdraws the waiter it queued, or releases the grant it
+// got, and makes the id answer Aborted from then on. It retries while the cluster is unavailable, for up
 // to a minute (until the server closes, if patient) or ProposeTimeout: a
 // waiter left behind would be granted a lock nobody uses until its lease
 // ends. The cancel is proposed as the caller of the acquire (from caller,
 // whose cancellation it outlives), so that it can undo only what that
 // caller may touch: a request id is easy to guess.
-func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64, patient bool) error {
+func (s *Server) cancelRequest(caller context.Context, leaseID, requestID, waiterID uint64, patient bool) error {
 	limit := s.cfg.ProposeTimeout
 	if patient {
 		limit = time.Minute
@@ -146,7 +163,7 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64
 	}
 	backoff := 50 * time.Millisecond
 	for {
-		_, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID}}})
+		_, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID, WaiterId: waiterID}}})
 		if err == nil {
 			return nil
 		}
@@ -164,6 +181,6 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64
 }
 
 // cancelInBackground cancels an acquire whose caller went away.
-func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID uint64) {
-	s.goBackground(func() { s.cancelRequest(caller, leaseID, requestID, true) })
+func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID, waiterID uint64) {
+	s.goBackground(func() { s.cancelRequest(caller, leaseID, requestID, waiterID, true) })
 }

@@ -55,11 +55,11 @@ func TestCancelOfUnknownAcquireIsTheCallers(t *testing.T) {
 		t.Fatal(err)
 	}
 	lease := res.LeaseID
-	got, err := s.acquire(alice, &statev1.Acquire{LeaseId: lease, Names: []string{"a/x"}, RequestId: 1}, nil)
+	got, err := s.acquire(alice, &statev1.Acquire{LeaseId: lease, Names: []string{"a/x"}, RequestId: 1}, nil, nil)
 	if err != nil || !got.Granted {
 		t.Fatalf("alice's acquire: %+v %v", got, err)
 	}
-	if _, err := s.acquire(bob, &statev1.Acquire{LeaseId: lease, Names: []string{"a/y"}, RequestId: 1}, nil); err == nil {
+	if _, err := s.acquire(bob, &statev1.Acquire{LeaseId: lease, Names: []string{"a/y"}, RequestId: 1}, nil, nil); err == nil {
 		t.Fatal("bob's lost acquire succeeded")
 	}
 	info, _, ok := table.Describe("a/x")

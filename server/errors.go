@@ -26,6 +26,11 @@ var errOutcomeUnknown = errors.New("the write was not applied in time (no quorum
 // errShuttingDown ends the streams and waits of a node that drains.
 var errShuttingDown = connect.NewError(connect.CodeUnavailable, errors.New("this node is shutting down; retry on another node"))
 
+// errDetached ends the waits of a Pipeline stream that ended without its
+// client giving up (the credentials were reloaded): the waiters stay
+// queued for the retries to find.
+var errDetached = connect.NewError(connect.CodeUnavailable, errors.New("the call's stream ended (the node's credentials were reloaded); retry with the same request id"))
+
 // LeaderHeader carries the leader's URL on Unavailable errors, when known,
 // so clients can go there directly.
 const LeaderHeader = "Lockd-Leader"

@@ -32,34 +32,43 @@ func validateLockName(name string) error {
 }
 
 func (h *lockHandler) Acquire(ctx context.Context, req *connect.Request[lockdv1.AcquireRequest]) (*connect.Response[lockdv1.AcquireResponse], error) {
-	m := req.Msg
+	resp, _, err := h.acquire(ctx, req.Msg, nil)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// acquire serves an Acquire, unary or pipelined; waiterID identifies a
+// grant's waiter, for undoing it. detach is as for Server.acquire.
+func (h *lockHandler) acquire(ctx context.Context, m *lockdv1.AcquireRequest, detach <-chan struct{}) (_ *lockdv1.AcquireResponse, waiterID uint64, _ error) {
 	names := append([]string{m.GetName()}, m.GetAlso()...)
 	for _, n := range names {
 		if err := validateLockName(n); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	if m.GetLeaseId() == 0 {
-		return nil, invalid("lease_id is required")
+		return nil, 0, invalid("lease_id is required")
 	}
 	if m.GetRequestId() >= 1<<63 {
-		return nil, invalid("request_id must be below 2^63")
+		return nil, 0, invalid("request_id must be below 2^63")
 	}
 	var wait *time.Duration
 	if w := m.GetWait(); w != nil {
 		if err := w.CheckValid(); err != nil {
-			return nil, invalid("wait: %v", err)
+			return nil, 0, invalid("wait: %v", err)
 		}
 		d := w.AsDuration()
 		if d < 0 {
-			return nil, invalid("wait %v is negative", d)
+			return nil, 0, invalid("wait %v is negative", d)
 		}
 		wait = &d
 	}
 	var delay time.Duration
 	if d := m.GetLockDelay(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return nil, invalid("lock_delay: %v", err)
+			return nil, 0, invalid("lock_delay: %v", err)
 		}
 		delay = d.AsDuration()
 	}
@@ -74,11 +83,11 @@ func (h *lockHandler) Acquire(ctx context.Context, req *connect.Request[lockdv1.
 		Value:       m.GetValue(),
 	}
 	if delay > 0 && delay < time.Millisecond {
-		return nil, invalid("lock_delay %v is below the resolution of 1ms", delay)
+		return nil, 0, invalid("lock_delay %v is below the resolution of 1ms", delay)
 	}
-	res, err := h.s.acquire(ctx, a, wait)
+	res, err := h.s.acquire(ctx, a, wait, detach)
 	if err != nil {
-		return nil, toConnect(err)
+		return nil, 0, toConnect(err)
 	}
 	resp := &lockdv1.AcquireResponse{Granted: res.Granted, Revision: res.Revision, Position: res.Position}
 	if res.Granted {
@@ -91,7 +100,7 @@ func (h *lockHandler) Acquire(ctx context.Context, req *connect.Request[lockdv1.
 			resp.Ttl = durationpb.New(ttl)
 		}
 	}
-	return connect.NewResponse(resp), nil
+	return resp, res.WaiterID, nil
 }
 
 func (h *lockHandler) Release(ctx context.Context, req *connect.Request[lockdv1.ReleaseRequest]) (*connect.Response[lockdv1.ReleaseResponse], error) {

@@ -37,17 +37,18 @@ type endpoint struct {
 	election lockdv1connect.ElectionServiceClient
 	cluster  lockdv1connect.ClusterServiceClient
 
-	pipeMu sync.Mutex
-	pipe   *pipeline // the stream of acquires and releases, once opened
-	unary  bool      // the node does not serve Pipeline
+	pipeMu     sync.Mutex
+	pipe       *pipeline // the stream of acquires and releases, once opened
+	unary      bool      // every call unary (WithUnaryCalls, or the client closed)
+	unaryUntil time.Time // the node did not serve Pipeline: unary until then
 }
 
 // pipeline is the endpoint's open call stream, opened if need be; nil if
-// the node does not serve Pipeline.
+// calls are unary.
 func (e *endpoint) pipeline() *pipeline {
 	e.pipeMu.Lock()
 	defer e.pipeMu.Unlock()
-	if e.unary {
+	if e.unary || time.Now().Before(e.unaryUntil) {
 		return nil
 	}
 	if e.pipe == nil {
@@ -57,20 +58,23 @@ func (e *endpoint) pipeline() *pipeline {
 }
 
 // dropPipeline forgets a stream that ended, so that the next call opens
-// another; unary says the node does not serve Pipeline at all.
+// another; unary says the node does not serve Pipeline.
 func (e *endpoint) dropPipeline(p *pipeline, unary bool) {
 	e.pipeMu.Lock()
 	defer e.pipeMu.Unlock()
 	if e.pipe == p {
 		e.pipe = nil
 	}
-	e.unary = e.unary || unary
+	if unary {
+		e.unaryUntil = time.Now().Add(unaryFor)
+	}
 }
 
-// closePipeline ends the endpoint's call stream, if it has one.
-func (e *endpoint) closePipeline() {
+// close ends the endpoint's call stream, if it has one, for good.
+func (e *endpoint) close() {
 	e.pipeMu.Lock()
 	p := e.pipe
+	e.unary = true
 	e.pipeMu.Unlock()
 	if p != nil {
 		p.close()
@@ -80,11 +84,16 @@ func (e *endpoint) closePipeline() {
 // pipelined makes a call on the endpoint's stream; errUnary says to make
 // it unary instead.
 func (e *endpoint) pipelined(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.PipelineResult, error) {
-	p := e.pipeline()
-	if p == nil {
-		return nil, errUnary
+	for {
+		p := e.pipeline()
+		if p == nil {
+			return nil, errUnary
+		}
+		r, err := p.call(ctx, c)
+		if err != errIdle {
+			return r, err
+		}
 	}
-	return p.call(ctx, c)
 }
 
 // acquire calls Acquire on the node, pipelined when it can be.
@@ -312,7 +321,7 @@ func (c *Client) Close() {
 	endpoints := append([]*endpoint(nil), c.endpoints...)
 	c.mu.Unlock()
 	for _, e := range endpoints {
-		e.closePipeline()
+		e.close()
 	}
 	c.opts.httpClient.CloseIdleConnections()
 }

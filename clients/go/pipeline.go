@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -23,13 +24,28 @@ import (
 // (The server allows 10,000.)
 const maxPipelinedCalls = 4096
 
-// maxPipelineBatch bounds the calls sent in one message, well inside the
-// server's 1 MiB message limit for calls of ordinary size.
+// maxPipelineBatch bounds the calls sent in one message.
 const maxPipelineBatch = 128
 
+// maxPipelineBatchBytes bounds a message's size, well inside the server's
+// 1 MiB; a call larger than that alone (a multi-lock of many long names
+// with a value, say) goes unary.
+const maxPipelineBatchBytes = 256 << 10
+
+// pipelineIdle is how long a stream without calls stays open.
+const pipelineIdle = time.Minute
+
+// unaryFor is how long a node that does not serve Pipeline is called
+// unary before it is asked again (it may be upgraded meanwhile).
+const unaryFor = time.Minute
+
 // errUnary sends a call the unary way: its node does not serve Pipeline,
-// or its stream is full.
+// the stream is full, or the call is too large for one.
 var errUnary = errors.New("lockd: call unary")
+
+// errIdle ends a stream that had no calls for pipelineIdle; a call that
+// meets it opens another.
+var errIdle = errors.New("lockd: the call stream was idle")
 
 // pipeline is one stream of calls to one node.
 type pipeline struct {
@@ -62,8 +78,12 @@ func newPipeline(e *endpoint) *pipeline {
 }
 
 // call sends c and waits for its answer. An error is as the unary call
-// would return it; errUnary says to make the call unary instead.
+// would return it; errUnary says to make the call unary instead, errIdle
+// to make it on a new stream.
 func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.PipelineResult, error) {
+	if proto.Size(c) > maxPipelineBatchBytes {
+		return nil, errUnary
+	}
 	ch := make(chan *lockdv1.PipelineResult, 1)
 	p.mu.Lock()
 	if p.err != nil {
@@ -84,7 +104,7 @@ func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.
 		left := time.Until(deadline)
 		if left <= 0 {
 			p.forget(id)
-			return nil, contextError(ctx)
+			return nil, connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)
 		}
 		c.Timeout = durationpb.New(left)
 	}
@@ -157,25 +177,44 @@ func contextError(ctx context.Context) error {
 	return connect.NewError(connect.CodeCanceled, ctx.Err())
 }
 
-// send writes the calls, as many to a message as are queued.
+// send writes the calls, as many to a message as are queued, and ends
+// the stream once it has been idle for pipelineIdle.
 func (p *pipeline) send() {
+	idle := time.NewTimer(pipelineIdle)
+	defer idle.Stop()
+	var next *lockdv1.PipelineCall // taken from out, for the next message
 	for {
-		var c *lockdv1.PipelineCall
-		select {
-		case c = <-p.out:
-		case <-p.done:
-			return
+		c := next
+		next = nil
+		if c == nil {
+			select {
+			case c = <-p.out:
+			case <-idle.C:
+				if p.closeIfIdle() {
+					return
+				}
+				idle.Reset(pipelineIdle)
+				continue
+			case <-p.done:
+				return
+			}
 		}
 		req := &lockdv1.PipelineRequest{Calls: []*lockdv1.PipelineCall{c}}
+		size := proto.Size(c)
 	more:
 		for len(req.Calls) < maxPipelineBatch {
 			select {
 			case c := <-p.out:
+				if size += proto.Size(c); size > maxPipelineBatchBytes {
+					next = c
+					break more
+				}
 				req.Calls = append(req.Calls, c)
 			default:
 				break more
 			}
 		}
+		idle.Reset(pipelineIdle)
 		if err := p.stream.Send(req); err != nil {
 			// The stream failed; the receiver learns why from Receive.
 			select {
@@ -208,6 +247,19 @@ func (p *pipeline) receive() {
 	}
 }
 
+// closeIfIdle ends the stream if no call is open, and says whether it did.
+func (p *pipeline) closeIfIdle() bool {
+	p.mu.Lock()
+	if len(p.calls) > 0 || p.err != nil {
+		p.mu.Unlock()
+		return false
+	}
+	p.err = errIdle
+	p.mu.Unlock()
+	p.end()
+	return true
+}
+
 // fail ends the stream: every open call fails with err as the unary call
 // fails on a broken connection, so it is retried (with its request id).
 func (p *pipeline) fail(err error) {
@@ -227,6 +279,11 @@ func (p *pipeline) fail(err error) {
 		p.err = connect.NewError(connect.CodeUnavailable, fmt.Errorf("lockd: the call stream to %s ended: %w", p.e.url, err))
 	}
 	p.mu.Unlock()
+	p.end()
+}
+
+// end closes the stream, once p.err says why.
+func (p *pipeline) end() {
 	close(p.done)
 	// Reset the HTTP/2 stream, so that the node ends what it has open: a
 	// cancelled context alone does not reach it once the stream is up.

@@ -121,8 +121,8 @@ func TestAPIPipelineCalls(t *testing.T) {
 			t.Fatalf("a's acquire: %v", got)
 		}
 		p.send(acquireCall(2, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: 1}),
-			releaseCall(5, &lockdv1.ReleaseRequest{Name: name, LeaseId: b, RequestId: 7}))
-		if e := p.next(1)[5].GetError(); e.GetCode() != connect.CodeFailedPrecondition.String() {
+			releaseCall(3, &lockdv1.ReleaseRequest{Name: name, LeaseId: b, RequestId: 7}))
+		if e := p.next(1)[3].GetError(); e.GetCode() != connect.CodeFailedPrecondition.String() {
 			t.Fatalf("release by a waiter: %v, want failed_precondition", e)
 		}
 		p.quiet(200 * time.Millisecond) // b waits
@@ -130,18 +130,18 @@ func TestAPIPipelineCalls(t *testing.T) {
 			t.Fatalf("waiters %v, want b", w)
 		}
 		// a's release answers, and grants b, whose answer follows.
-		p.send(releaseCall(3, &lockdv1.ReleaseRequest{Name: name, LeaseId: a, Token: ra.GetToken(), RequestId: 2}))
+		p.send(releaseCall(4, &lockdv1.ReleaseRequest{Name: name, LeaseId: a, Token: ra.GetToken(), RequestId: 2}))
 		got = p.next(2)
-		if got[3].GetRelease() == nil {
-			t.Fatalf("release: %v", got[3])
+		if got[4].GetRelease() == nil {
+			t.Fatalf("release: %v", got[4])
 		}
 		rb := got[2].GetAcquire()
 		if !rb.GetGranted() || rb.GetToken() <= ra.GetToken() {
 			t.Fatalf("b's acquire: %v after a's token %d", got[2], ra.GetToken())
 		}
 		// A retried call (same request id, new call id) finds its grant.
-		p.send(acquireCall(4, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: 1}))
-		if r := p.next(1)[4].GetAcquire(); !r.GetGranted() || r.GetToken() != rb.GetToken() {
+		p.send(acquireCall(5, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: 1}))
+		if r := p.next(1)[5].GetAcquire(); !r.GetGranted() || r.GetToken() != rb.GetToken() {
 			t.Fatalf("retried acquire: %v, want token %d", r, rb.GetToken())
 		}
 		if d := describe(t, c, name); len(d.GetHolders()) != 1 || len(d.GetWaiters()) != 0 {
@@ -203,7 +203,7 @@ func TestAPIPipelineWithdraws(t *testing.T) {
 
 // Bad calls on a Pipeline stream are answered each with the code its
 // unary twin gets (or that the stream's rules name), change nothing, and
-// leave the stream serving.
+// leave the stream serving; an id that does not go up ends the stream.
 func TestAPIPipelineBadInput(t *testing.T) {
 	ins := startInstances(t, 1)
 	c := newClients(ins[0].url())
@@ -214,7 +214,7 @@ func TestAPIPipelineBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := openPipe(t, c)
-	// A call that stays open, so that its id is taken.
+	// A call that stays open.
 	b := grant(t, c, 5*time.Second, "b")
 	keepAlive(t, c, b, 200*time.Millisecond)
 	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pb", LeaseId: b, RequestId: 1}))
@@ -230,7 +230,6 @@ func TestAPIPipelineBadInput(t *testing.T) {
 		code connect.Code
 		says string
 	}{
-		{acquireCall(1, &lockdv1.AcquireRequest{Name: "pb", LeaseId: a, RequestId: 9}), connect.CodeInvalidArgument, "already open"},
 		{&lockdv1.PipelineCall{Id: 2}, connect.CodeInvalidArgument, "names no call"},
 		{&lockdv1.PipelineCall{Id: 3, Timeout: durationpb.New(-time.Second), Call: &lockdv1.PipelineCall_Acquire{Acquire: &lockdv1.AcquireRequest{Name: "pb", LeaseId: a}}}, connect.CodeInvalidArgument, "timeout"},
 		{acquireCall(4, &lockdv1.AcquireRequest{Name: "", LeaseId: a}), connect.CodeInvalidArgument, "name"},
@@ -256,9 +255,85 @@ func TestAPIPipelineBadInput(t *testing.T) {
 		t.Fatalf("bad calls changed the lock:\n%v\nto\n%v", before, after)
 	}
 	// The stream still serves: a's release grants b's open call.
-	p.send(releaseCall(10, &lockdv1.ReleaseRequest{Name: "pb", LeaseId: a, Token: held.GetToken()}))
+	p.send(releaseCall(80, &lockdv1.ReleaseRequest{Name: "pb", LeaseId: a, Token: held.GetToken()}))
 	got := p.next(2)
-	if got[10].GetRelease() == nil || !got[1].GetAcquire().GetGranted() {
+	if got[80].GetRelease() == nil || !got[1].GetAcquire().GetGranted() {
 		t.Fatalf("after the bad calls: %v", got)
 	}
+	// An id that does not go up ends the stream, and with it its calls.
+	c2 := grant(t, c, 5*time.Second, "c")
+	keepAlive(t, c, c2, 200*time.Millisecond)
+	p.send(acquireCall(81, &lockdv1.AcquireRequest{Name: "pb", LeaseId: c2, RequestId: 1}))
+	eventually(t, 5*time.Second, "c queued", func() error {
+		if n := len(describe(t, c, "pb").GetWaiters()); n != 1 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+	p.send(acquireCall(81, &lockdv1.AcquireRequest{Name: "pb", LeaseId: c2, RequestId: 2}))
+	for ended := false; !ended; {
+		select {
+		case err := <-p.ended:
+			if codeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "go up") {
+				t.Fatalf("stream ended with %v, want invalid_argument about ids", err)
+			}
+			ended = true
+		case r := <-p.answers:
+			if r.GetId() != 81 || r.GetError().GetCode() != connect.CodeCanceled.String() {
+				t.Fatalf("answered %v, want the open call cancelled and the stream ended", r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the stream did not end")
+		}
+	}
+	eventually(t, 5*time.Second, "c's waiter withdrawn with the stream", func() error {
+		if n := len(describe(t, c, "pb").GetWaiters()); n != 0 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+}
+
+// A caller that gives up is withdrawn however many requests its lease has
+// made since it queued (the table remembers only a lease's last request
+// ids; the withdrawal names the waiter too).
+func TestAPIWithdrawAfterManyRequests(t *testing.T) {
+	ins := startInstances(t, 1)
+	c := newClients(ins[0].url())
+	a := grant(t, c, 5*time.Second, "a")
+	b := grant(t, c, 5*time.Second, "b")
+	keepAlive(t, c, a, 200*time.Millisecond)
+	keepAlive(t, c, b, 200*time.Millisecond)
+	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "many", LeaseId: a}); err != nil || !r.GetGranted() {
+		t.Fatal(r, err)
+	}
+	ctx, giveUp := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := acquire(ctx, c, &lockdv1.AcquireRequest{Name: "many", LeaseId: b, RequestId: 1})
+		done <- err
+	}()
+	eventually(t, 5*time.Second, "b queued", func() error {
+		if n := len(describe(t, c, "many").GetWaiters()); n != 1 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+	for i := range 40 { // more than the table remembers per lease
+		name := fmt.Sprintf("many/%d", i)
+		r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: uint64(100 + i)})
+		if err != nil || !r.GetGranted() {
+			t.Fatal(r, err)
+		}
+	}
+	giveUp()
+	if err := <-done; codeOf(err) != connect.CodeCanceled {
+		t.Fatalf("given up: %v", err)
+	}
+	eventually(t, 5*time.Second, "b's old waiter withdrawn", func() error {
+		if n := len(describe(t, c, "many").GetWaiters()); n != 0 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -555,5 +556,69 @@ func TestPprofNeedsAdminToken(t *testing.T) {
 		if got := get(tc.path, tc.token); got != tc.want {
 			t.Errorf("GET %s with token %q: %d, want %d", tc.path, tc.token, got, tc.want)
 		}
+	}
+}
+
+// Reloading the credentials ends a client's Pipeline stream, but not its
+// waits: the waiters stay queued, the SDK retries them with their request
+// ids on a new stream, and they keep their places.
+func TestSecureReloadKeepsPipelinedWaiters(t *testing.T) {
+	pki := newSecurePKI(t)
+	ins := pki.start(t, 1)
+	c, err := lockd.New([]string{ins[0].ln.Addr().String()}, lockd.WithTLS(clientTLS(t, pki.peerCA, pki.clientCert, pki.clientKey)), lockd.WithToken(aliceToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	session := func() *lockd.Session {
+		s, err := c.NewSession(ctx, lockd.WithTTL(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(context.Background()) })
+		return s
+	}
+	a, b, d := session(), session(), session()
+	ma := lockd.NewMutex(a, "a/reload")
+	if err := ma.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	alice := pki.clients(t, ins[0].url(), aliceToken)
+	queued := func(n int) func() error {
+		return func() error {
+			if w := describe(t, alice, "a/reload").GetWaiters(); len(w) != n {
+				return fmt.Errorf("waiters %v, want %d", w, n)
+			}
+			return nil
+		}
+	}
+	order := make(chan string, 2)
+	lock := func(s *lockd.Session, name string) {
+		m := lockd.NewMutex(s, "a/reload")
+		if err := m.Lock(ctx); err != nil {
+			t.Errorf("%s: %v", name, err)
+			order <- name + " failed"
+			return
+		}
+		order <- name
+		m.Unlock(ctx)
+	}
+	go lock(b, "b")
+	eventually(t, 10*time.Second, "b queued", queued(1))
+	go lock(d, "d")
+	eventually(t, 10*time.Second, "d queued behind b", queued(2))
+	waiters := describe(t, alice, "a/reload").GetWaiters()
+	ins[0].reload() // ends the stream the waits came on
+	time.Sleep(500 * time.Millisecond)
+	if after := describe(t, alice, "a/reload").GetWaiters(); len(after) != 2 || after[0].GetLeaseId() != waiters[0].GetLeaseId() || after[1].GetLeaseId() != waiters[1].GetLeaseId() {
+		t.Fatalf("waiters after the reload %v, before %v", after, waiters)
+	}
+	if err := ma.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if first, second := <-order, <-order; first != "b" || second != "d" {
+		t.Fatalf("granted %s then %s, want b then d", first, second)
 	}
 }

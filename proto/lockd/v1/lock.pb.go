@@ -144,8 +144,9 @@ func (x *PipelineRequest) GetCalls() []*PipelineCall {
 
 type PipelineCall struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Chosen by the client, unique among the stream's open calls; the
-	// answer carries it. An id may be used again once answered.
+	// Chosen by the client, greater than every id before it on the stream
+	// (a smaller one ends the stream with invalid_argument); the answer
+	// carries it. A cancel names the call it gives up.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The call's deadline, counted from its arrival, as a unary call's
 	// timeout is. Absent: none but the stream's.
@@ -253,9 +254,9 @@ type PipelineCall_Release struct {
 type PipelineCall_Cancel struct {
 	// Gives up the call with this id, as a unary caller that goes away:
 	// an Acquire is withdrawn, and a grant that raced it released, also
-	// one already answered (with a request_id) but perhaps not yet read:
-	// the stream remembers its last 1,024 grants. The answer of an open
-	// call so ended (canceled) may come or not.
+	// one already answered but perhaps not yet read (the stream remembers
+	// its last 4,096 grants for this). The answer of an open call so ended
+	// (canceled) may come or not.
 	Cancel bool `protobuf:"varint,5,opt,name=cancel,proto3,oneof"`
 }
 

@@ -76,10 +76,14 @@ type LockServiceClient interface {
 	// several to a message each way: a call costs a fraction of a unary RPC,
 	// and the Go SDK sends its locks this way. Each call means exactly what
 	// the unary call means, is checked as that call would be, and is answered
-	// on its own when it completes, in any order. A call still open when the
-	// stream ends is cancelled, as a unary call whose client went away. A
-	// stream holds at most 10,000 open calls; more are refused
-	// (resource_exhausted).
+	// on its own when it completes, in any order; calls in one message run
+	// concurrently, as unary calls would. When the client goes away, its
+	// open calls end as unary calls whose client went away (waiters are
+	// withdrawn); when it half-closes, they are answered; when the node ends
+	// the stream (draining, or its credentials reloaded), waits end
+	// unavailable with their waiters left queued, for retries with the same
+	// request_id to find. A stream holds at most 10,000 open calls; more
+	// are refused (resource_exhausted).
 	Pipeline(context.Context) *connect.BidiStreamForClient[v1.PipelineRequest, v1.PipelineResponse]
 }
 
@@ -224,10 +228,14 @@ type LockServiceHandler interface {
 	// several to a message each way: a call costs a fraction of a unary RPC,
 	// and the Go SDK sends its locks this way. Each call means exactly what
 	// the unary call means, is checked as that call would be, and is answered
-	// on its own when it completes, in any order. A call still open when the
-	// stream ends is cancelled, as a unary call whose client went away. A
-	// stream holds at most 10,000 open calls; more are refused
-	// (resource_exhausted).
+	// on its own when it completes, in any order; calls in one message run
+	// concurrently, as unary calls would. When the client goes away, its
+	// open calls end as unary calls whose client went away (waiters are
+	// withdrawn); when it half-closes, they are answered; when the node ends
+	// the stream (draining, or its credentials reloaded), waits end
+	// unavailable with their waiters left queued, for retries with the same
+	// request_id to find. A stream holds at most 10,000 open calls; more
+	// are refused (resource_exhausted).
 	Pipeline(context.Context, *connect.BidiStream[v1.PipelineRequest, v1.PipelineResponse]) error
 }
 
