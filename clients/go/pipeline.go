@@ -51,25 +51,35 @@ var errIdle = errors.New("lockd: the call stream was idle")
 type pipeline struct {
 	e      *endpoint
 	stream *connect.BidiStreamForClient[lockdv1.PipelineRequest, lockdv1.PipelineResponse]
-	out    chan *lockdv1.PipelineCall
+	out    chan *pending // to the sender, which numbers calls in stream order
 	cancel context.CancelFunc
 	done   chan struct{} // closed once the stream is gone; err says why
 
 	mu       sync.Mutex
 	err      error
-	next     uint64
-	calls    map[uint64]chan *lockdv1.PipelineResult
-	answered bool // an answer came: the node serves Pipeline
+	next     uint64              // the last call id sent
+	calls    map[uint64]*pending // sent, awaiting their answers
+	busy     int                 // calls queued or sent whose callers wait
+	answered bool                // an answer came: the node serves Pipeline
+}
+
+// pending is a call on its way: queued for the sender, then sent.
+type pending struct {
+	c      *lockdv1.PipelineCall
+	answer chan *lockdv1.PipelineResult // buffered: the receiver never waits
+	// Under pipeline.mu: sent once the sender gave the call its id;
+	// dropped if its caller gave up first (the sender skips it).
+	sent, dropped bool
 }
 
 func newPipeline(e *endpoint) *pipeline {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &pipeline{
 		e:      e,
-		out:    make(chan *lockdv1.PipelineCall, maxPipelineBatch),
+		out:    make(chan *pending, maxPipelineBatch),
 		cancel: cancel,
 		done:   make(chan struct{}),
-		calls:  map[uint64]chan *lockdv1.PipelineResult{},
+		calls:  map[uint64]*pending{},
 	}
 	p.stream = e.lock.Pipeline(ctx)
 	go p.send()
@@ -84,73 +94,80 @@ func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.
 	if proto.Size(c) > maxPipelineBatchBytes {
 		return nil, errUnary
 	}
-	ch := make(chan *lockdv1.PipelineResult, 1)
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)
+		}
+		c.Timeout = durationpb.New(left)
+	}
+	pc := &pending{c: c, answer: make(chan *lockdv1.PipelineResult, 1)}
 	p.mu.Lock()
 	if p.err != nil {
 		p.mu.Unlock()
 		return nil, p.err
 	}
-	if len(p.calls) >= maxPipelinedCalls {
+	if p.busy >= maxPipelinedCalls {
 		p.mu.Unlock()
 		return nil, errUnary
 	}
-	p.next++
-	id := p.next
-	p.calls[id] = ch
+	p.busy++
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.busy--
+		p.mu.Unlock()
+	}()
 
-	c.Id = id
-	if deadline, ok := ctx.Deadline(); ok {
-		left := time.Until(deadline)
-		if left <= 0 {
-			p.forget(id)
-			return nil, connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)
-		}
-		c.Timeout = durationpb.New(left)
-	}
 	select {
-	case p.out <- c:
+	case p.out <- pc:
 	case <-p.done:
-		p.forget(id)
 		return nil, p.err
 	case <-ctx.Done():
-		p.forget(id) // never sent
-		return nil, contextError(ctx)
+		return nil, contextError(ctx) // never queued
 	}
 	select {
-	case r := <-ch:
+	case r := <-pc.answer:
 		return answer(r)
 	case <-p.done:
 		select {
-		case r := <-ch: // answered just before the stream went
+		case r := <-pc.answer: // answered just before the stream went
 			return answer(r)
 		default:
 			return nil, p.err
 		}
 	case <-ctx.Done():
-		// The node ends the call as a unary call whose caller went away:
-		// an acquire is withdrawn, and a grant it got released, even one
-		// made just before the cancel arrived.
-		p.forget(id)
-		select {
-		case p.out <- &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Cancel{Cancel: true}}:
-		default:
-			go func() {
-				select {
-				case p.out <- &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Cancel{Cancel: true}}:
-				case <-p.done:
-				}
-			}()
-		}
+		p.giveUp(pc)
 		return nil, contextError(ctx)
 	}
 }
 
-// forget drops a call nobody waits for.
-func (p *pipeline) forget(id uint64) {
+// giveUp abandons a call whose caller went away. One not yet sent is
+// dropped; for one sent, the node is told, and ends it as a unary call
+// whose caller went away: an acquire is withdrawn, and a grant it got
+// released, even one made just before the cancel arrived.
+func (p *pipeline) giveUp(pc *pending) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.calls, id)
+	sent := pc.sent
+	pc.dropped = !sent
+	if sent {
+		delete(p.calls, pc.c.GetId())
+	}
+	p.mu.Unlock()
+	if !sent {
+		return
+	}
+	cancel := &pending{c: &lockdv1.PipelineCall{Id: pc.c.GetId(), Call: &lockdv1.PipelineCall_Cancel{Cancel: true}}}
+	select {
+	case p.out <- cancel:
+	default:
+		go func() {
+			select {
+			case p.out <- cancel:
+			case <-p.done:
+			}
+		}()
+	}
 }
 
 // answer turns a call's result into what the unary call returns.
@@ -177,18 +194,19 @@ func contextError(ctx context.Context) error {
 	return connect.NewError(connect.CodeCanceled, ctx.Err())
 }
 
-// send writes the calls, as many to a message as are queued, and ends
-// the stream once it has been idle for pipelineIdle.
+// send writes the calls, as many to a message as are queued, numbering
+// them as it goes (ids go up on the stream), and ends the stream once it
+// has been idle for pipelineIdle.
 func (p *pipeline) send() {
 	idle := time.NewTimer(pipelineIdle)
 	defer idle.Stop()
-	var next *lockdv1.PipelineCall // taken from out, for the next message
+	var next *pending // taken from out, for the next message
 	for {
-		c := next
+		pc := next
 		next = nil
-		if c == nil {
+		if pc == nil {
 			select {
-			case c = <-p.out:
+			case pc = <-p.out:
 			case <-idle.C:
 				if p.closeIfIdle() {
 					return
@@ -199,22 +217,34 @@ func (p *pipeline) send() {
 				return
 			}
 		}
-		req := &lockdv1.PipelineRequest{Calls: []*lockdv1.PipelineCall{c}}
-		size := proto.Size(c)
-	more:
-		for len(req.Calls) < maxPipelineBatch {
+		req := &lockdv1.PipelineRequest{}
+		size := 0
+		p.mu.Lock()
+		for {
+			if p.number(pc) {
+				req.Calls = append(req.Calls, pc.c)
+			}
+			if len(req.Calls) == maxPipelineBatch {
+				break
+			}
 			select {
-			case c := <-p.out:
-				if size += proto.Size(c); size > maxPipelineBatchBytes {
-					next = c
-					break more
+			case pc = <-p.out:
+				if size += proto.Size(pc.c); size > maxPipelineBatchBytes && len(req.Calls) > 0 {
+					next = pc
+					pc = nil
 				}
-				req.Calls = append(req.Calls, c)
 			default:
-				break more
+				pc = nil
+			}
+			if pc == nil {
+				break
 			}
 		}
+		p.mu.Unlock()
 		idle.Reset(pipelineIdle)
+		if len(req.Calls) == 0 {
+			continue
+		}
 		if err := p.stream.Send(req); err != nil {
 			// The stream failed; the receiver learns why from Receive.
 			select {
@@ -225,6 +255,22 @@ func (p *pipeline) send() {
 			return
 		}
 	}
+}
+
+// number gives a call its id, in the order calls go on the stream, and
+// says whether it is to be sent (a cancel always is; a call whose caller
+// gave up while it was queued is not). Call with p.mu held.
+func (p *pipeline) number(pc *pending) bool {
+	if pc.c.GetCancel() {
+		return true
+	}
+	if pc.dropped {
+		return false
+	}
+	p.next++
+	pc.c.Id, pc.sent = p.next, true
+	p.calls[p.next] = pc
+	return true
 }
 
 // receive hands each answer to its caller.
@@ -238,9 +284,9 @@ func (p *pipeline) receive() {
 		p.mu.Lock()
 		p.answered = true
 		for _, r := range resp.GetResults() {
-			if ch, ok := p.calls[r.GetId()]; ok {
+			if pc, ok := p.calls[r.GetId()]; ok {
 				delete(p.calls, r.GetId())
-				ch <- r
+				pc.answer <- r
 			}
 		}
 		p.mu.Unlock()
@@ -250,7 +296,7 @@ func (p *pipeline) receive() {
 // closeIfIdle ends the stream if no call is open, and says whether it did.
 func (p *pipeline) closeIfIdle() bool {
 	p.mu.Lock()
-	if len(p.calls) > 0 || p.err != nil {
+	if p.busy > 0 || p.err != nil {
 		p.mu.Unlock()
 		return false
 	}
