@@ -141,3 +141,46 @@ func TestSemaphoreRWMutexMultiLock(t *testing.T) {
 		t.Fatal("the multi-lock's locks were not released")
 	}
 }
+
+// Many goroutines of one client lock and unlock at once, on the client's
+// one call stream: every call succeeds, and each grant's token is above
+// the one before on its lock.
+func TestConcurrentLocksShareOneStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	_, eps := cluster(t, 1)
+	c := newClient(t, eps)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const workers, rounds = 64, 20
+	s := newSession(t, c, 10*time.Second, "many")
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			m := lockd.NewMutex(s, fmt.Sprintf("sdk/many/%d", w))
+			var last uint64
+			for range rounds {
+				if err := m.Lock(ctx); err != nil {
+					errs <- err
+					return
+				}
+				if m.Token() <= last {
+					errs <- fmt.Errorf("token %d after %d", m.Token(), last)
+					return
+				}
+				last = m.Token()
+				if err := m.Unlock(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
