@@ -681,8 +681,12 @@ func replaceMember(t *testing.T, bin string, procs []*testcluster.Proc, i, gen i
 	}); err != nil {
 		return err
 	}
+	var join []string
+	for _, ep := range eps {
+		join = append(join, "http://"+ep)
+	}
 	p := testcluster.Start(t, bin, name, old.Dir, old.Addr, "serve", "--name", name,
-		"--data-dir", filepath.Join(old.Dir, name), "--listen", old.Addr, "--join", "http://"+eps[0],
+		"--data-dir", filepath.Join(old.Dir, name), "--listen", old.Addr, "--join", strings.Join(join, ","),
 		"--heartbeat-interval", "50ms", "--election-timeout", "500ms", "--log-format", "json")
 	procs[i] = p
 	return retry("promoting "+name, 30*time.Second, func(ctx context.Context) error {

@@ -39,6 +39,8 @@ type applier struct {
 	// its snapshots record.
 	conf    *raftpb.ConfState
 	members []*peerv1.Member
+	// confChanged: a conf change was applied since the last snapshot.
+	confChanged bool
 	// Owned by the applier: the bytes of the entries applied since the last
 	// snapshot, and the sizes of the last CompactionMargin entries applied,
 	// newest at recent[(next-1) % len].
@@ -183,7 +185,7 @@ func (n *Node) applyWork(w applyWork) error {
 		n.applied.Store(idx)
 		// The sizes recorded so far are of entries before the snapshot's
 		// gap: forget them.
-		a.sinceSnap, a.next = 0, 0
+		a.sinceSnap, a.next, a.confChanged = 0, 0, false
 		n.metrics.snapshotBytes.Set(float64(len(w.snapState)))
 		n.log.Info().Uint64("index", idx).Msg("restored snapshot from leader")
 	}
@@ -206,6 +208,7 @@ func (n *Node) applyWork(w applyWork) error {
 			if m, ok := w.members[e.GetIndex()]; ok {
 				a.conf, a.members = m.conf, m.members
 			}
+			a.confChanged = true
 		}
 		n.applied.Store(e.GetIndex())
 	}
@@ -217,9 +220,16 @@ func (n *Node) applyWork(w applyWork) error {
 // compacts the log below it, keeping a margin for followers that lag a
 // little. It runs on the applier, so the state machine stands still while
 // it reads it.
+//
+// A membership change is snapshotted at once, once the log has been
+// compacted: a new member catches up from the leader's latest snapshot,
+// and raft refuses a snapshot whose configuration does not name the
+// member receiving it, so one taken before the member was added would be
+// sent and refused until the next snapshot by count.
 func (n *Node) maybeSnapshot() error {
 	applied := n.applied.Load()
-	if applied-n.snapIndex.Load() < n.cfg.SnapshotEntries && n.apply.sinceSnap < n.cfg.SnapshotBytes {
+	membership := n.apply.confChanged && n.snapIndex.Load() > 0
+	if !membership && applied-n.snapIndex.Load() < n.cfg.SnapshotEntries && n.apply.sinceSnap < n.cfg.SnapshotBytes {
 		return nil
 	}
 	return n.snapshot(applied)
@@ -240,7 +250,7 @@ func (n *Node) snapshot(applied uint64) error {
 		return fmt.Errorf("saving snapshot: %w", err)
 	}
 	n.snapIndex.Store(applied)
-	n.apply.sinceSnap = 0
+	n.apply.sinceSnap, n.apply.confChanged = 0, false
 	if margin := n.apply.margin(n.cfg.CompactionMargin, n.cfg.SnapshotBytes/2); applied > margin {
 		compact := applied - margin
 		first, err := n.store.FirstIndex()

@@ -77,9 +77,12 @@ type Node struct {
 	applied    atomic.Uint64
 	snapIndex  atomic.Uint64
 	quorumSeen atomic.Int64 // monotonic ns (since start) a leader last saw a quorum active
-	started    time.Time
-	lead       leaderWatch
-	peerURL    sync.Map // id → url of every member, for LeaderURL
+	// leaderHeard is when (monotonic ns since start) a message last came
+	// from the leader this node knows, or that leader became known.
+	leaderHeard atomic.Int64
+	started     time.Time
+	lead        leaderWatch
+	peerURL     sync.Map // id → url of every member, for LeaderURL
 
 	// Owned by the raft loop.
 	rn        *raft.RawNode
@@ -520,6 +523,17 @@ func (n *Node) checkQuorum() {
 	}
 }
 
+// LeaderSilence is how long this node has not heard from the leader it
+// knows: 0 on the leader itself. A learner never campaigns, so it keeps a
+// leader that stopped talking to it (having removed it, say) for good;
+// this tells how stale that knowledge is.
+func (n *Node) LeaderSilence() time.Duration {
+	if n.leader.Load() == n.id {
+		return 0
+	}
+	return time.Since(n.started) - time.Duration(n.leaderHeard.Load())
+}
+
 // Leadership reports whether this node leads, its raft term, and whether,
 // as leader, it has seen a quorum of voters active within the last
 // election timeout. A leader that has not must not take decisions that
@@ -555,6 +569,9 @@ func (n *Node) propose(p proposal) {
 }
 
 func (n *Node) step(m *raftpb.Message) {
+	if m.GetFrom() == n.leader.Load() {
+		n.leaderHeard.Store(int64(time.Since(n.started)))
+	}
 	if err := n.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		n.log.Debug().Err(err).Stringer("type", m.GetType()).Msg("step failed")
 	}
@@ -638,6 +655,7 @@ func (n *Node) softState(ss *raft.SoftState) {
 	n.leader.Store(ss.Lead)
 	n.lead.set(ss.Lead != 0, time.Now())
 	if ss.Lead != n.lastLead {
+		n.leaderHeard.Store(int64(time.Since(n.started)))
 		n.waitMu.Lock()
 		for id, w := range n.waiters {
 			if w.proposed && w.leader != ss.Lead {

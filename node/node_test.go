@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
+	"net/http"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -318,5 +321,72 @@ func TestSnapshotBySize(t *testing.T) {
 	// would keep, and not none.
 	if kept := snap - first + 1; first > snap || kept != (512<<10)/(size+8) {
 		t.Fatalf("log starts at %d, %d entries up to the snapshot at %d; want %d", first, kept, snap, (512<<10)/(size+8))
+	}
+}
+
+// A member added after the log was compacted catches up by snapshot at
+// once: the snapshot the leader sends must name it (raft refuses one that
+// does not), so a membership change is followed by a snapshot that
+// records it, rather than waiting for the next one by count. Cut off, the
+// learner keeps the leader it knew (it never campaigns), and
+// LeaderSilence tells how long it has not heard from it.
+func TestNewMemberCatchesUpAfterCompaction(t *testing.T) {
+	faults := newNetFaults(1)
+	c := newTestCluster(t, 3, faults, func(cfg *Config) { cfg.SnapshotEntries = 100; cfg.CompactionMargin = 20 })
+	l := c.waitLeader(5 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for op := uint64(1); op <= 250; op++ {
+		if err := propose(ctx, l.current(), op); err != nil {
+			t.Fatalf("propose %d: %v", op, err)
+		}
+	}
+	st, err := l.current().Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SnapshotIndex == 0 {
+		t.Fatal("no snapshot was taken")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &testNode{name: "n4", dir: filepath.Join(t.TempDir(), "n4"), url: "http://" + ln.Addr().String()}
+	tn.srv = &http.Server{Handler: tn, Protocols: new(http.Protocols)}
+	tn.srv.Protocols.SetHTTP1(true)
+	tn.srv.Protocols.SetUnencryptedHTTP2(true)
+	go tn.srv.Serve(ln)
+	t.Cleanup(func() { c.crash(tn); tn.srv.Close() })
+	if err := l.current().AddMember(ctx, tn.name, tn.url, true); err != nil {
+		t.Fatal(err)
+	}
+	// No more proposals: the member must catch up from what is there.
+	join := c.tweak
+	c.peers = append(c.peers, Peer{Name: tn.name, URL: tn.url})
+	c.tweak = func(cfg *Config) {
+		join(cfg)
+		cfg.Join, cfg.ClusterID = true, st.ClusterID
+	}
+	c.start(tn)
+	c.tweak = join
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, want := tn.current().Applied(), l.current().Applied()
+		if got >= want && len(tn.sm.history()) == 250 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new member applied %d of %d (%d ops) within 10s", got, want, len(tn.sm.history()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := tn.current().LeaderSilence(); s > time.Second {
+		t.Fatalf("a learner in touch with its leader reports %v of silence", s)
+	}
+	faults.isolate([]uint64{MemberID(tn.name)}, append(c.ids, MemberID(tn.name)))
+	time.Sleep(3 * 200 * time.Millisecond) // three election timeouts
+	if lead, s := tn.current().Leader(), tn.current().LeaderSilence(); lead == 0 || s < 400*time.Millisecond {
+		t.Fatalf("cut off learner: leader %x, silence %v; want the old leader kept and its silence told", lead, s)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	lockd "github.com/lockd-io/lockd/clients/go"
 	"github.com/lockd-io/lockd/node"
+	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
 	"github.com/rs/zerolog"
 )
 
@@ -241,4 +242,58 @@ func TestMembershipGrowShrink(t *testing.T) {
 		t.Fatal("the load made no progress")
 	}
 	t.Logf("%d lock cycles across the membership changes", cycles)
+}
+
+// A learner removed before it was promoted stops by itself, although it
+// never campaigns and so never forgets the leader that stopped talking to
+// it; and a new member added once the log was compacted catches up at
+// once, with no more writes to prompt a snapshot that names it.
+func TestLearnerCatchesUpAndStopsWhenRemoved(t *testing.T) {
+	mc := &memberCluster{t: t, base: t.TempDir(), ins: map[string]*instance{}}
+	addrs := freeAddrs(t, 3)
+	initial, peers := initialCluster(t, "n", addrs)
+	for i, a := range addrs {
+		c := mc.config(fmt.Sprintf("n%d", i+1), a)
+		c.initialCluster = initial
+		mc.start(c, peers)
+	}
+	leader := waitLeader(t, mc.live())
+	c := newClients(leader.url())
+	lease := grant(t, c, 5*time.Second, "writer")
+	for i := range 500 { // past a snapshot (every 200 entries) and its compaction
+		if _, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: fmt.Sprintf("w/%d", i), LeaseId: lease}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "the log compacted", func() error {
+		st, err := leader.node.Status(context.Background())
+		if err != nil || st.FirstIndex <= 1 {
+			return fmt.Errorf("first index %d (%v)", st.FirstIndex, err)
+		}
+		return nil
+	})
+	addr := freeAddrs(t, 1)[0]
+	if _, err := mc.cli("member", "add", "n4", "--peer-url", "http://"+addr, "--learner"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := mc.config("n4", addr)
+	cfg.join = leader.url()
+	n4 := mc.start(cfg, nil)
+	eventually(t, 10*time.Second, "n4 caught up", func() error {
+		lst, _ := leader.node.Status(context.Background())
+		st, err := n4.node.Status(context.Background())
+		if err != nil || st.Applied < lst.Applied {
+			return fmt.Errorf("n4 applied %d of %d (%v)", st.Applied, lst.Applied, err)
+		}
+		return nil
+	})
+	if _, err := mc.cli("member", "remove", "n4"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n4.removed:
+	case <-time.After(20 * testElection):
+		st, err := n4.node.Status(context.Background())
+		t.Fatalf("the removed learner still runs: %+v %v", st, err)
+	}
 }

@@ -65,7 +65,7 @@ func serveFlags(c *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.dataDir, "data-dir", "lockd-data", "directory of the node's raft log and snapshots")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:7070", "address to serve clients and peers on")
 	fs.StringVar(&c.advertise, "advertise-url", "", "URL peers and clients reach this node at (default http://LISTEN)")
-	fs.StringVar(&c.join, "join", "", "URL of a member of a running cluster to join, when the data dir is empty (add this member with lockd member add first)")
+	fs.StringVar(&c.join, "join", "", "URLs (comma-separated) of members of a running cluster to join, when the data dir is empty (add this member with lockd member add first)")
 	fs.StringVar(&c.initialCluster, "initial-cluster", "", "every member of a new cluster as NAME=URL,… (default: this node alone)")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 100*time.Millisecond, "raft heartbeat interval")
 	fs.DurationVar(&c.electionTimeout, "election-timeout", time.Second, "raft election timeout (at least 3 heartbeats)")
@@ -202,9 +202,8 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	for _, p := range peers {
 		urls = append(urls, p.URL)
 	}
-	if c.join != "" {
-		urls = append(urls, c.join)
-	}
+	joinURLs := splitList(c.join)
+	urls = append(urls, joinURLs...)
 	if in.sec, err = loadSecurity(c.security, urls); err != nil {
 		return nil, usageError{err}
 	}
@@ -224,7 +223,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 			return nil, err
 		}
 		if join {
-			if peers, clusterID, err = joinInfo(c.join, c.name, c.advertise, in.sec); err != nil {
+			if peers, clusterID, err = joinInfo(joinURLs, c.name, c.advertise, in.sec); err != nil {
 				return nil, err
 			}
 		}
@@ -439,12 +438,34 @@ func storeEmpty(st *store.Store) (bool, error) {
 	return last == 0 && snap.GetMetadata().GetIndex() == 0, nil
 }
 
-// joinInfo asks a member of a running cluster for its id and members, for
-// a new member name that was added there with lockd member add.
-func joinInfo(memberURL, name, advertise string, sec *security) ([]node.Peer, uint64, error) {
-	c, err := lockd.New([]string{memberURL}, sec.clientOptions()...)
+// joinPatience is how long a joining member keeps asking the cluster for
+// its membership while nobody answers or it is not listed yet.
+const joinPatience = 30 * time.Second
+
+// joinInfo asks a running cluster, through any of memberURLs, for its id
+// and members, for a new member added as name. It asks the leader when it
+// can: a follower may not have applied the change that added the member
+// yet. While no member answers, or the member is not listed, it asks again
+// for up to joinPatience: the cluster may be electing a leader, or still
+// committing the change.
+func joinInfo(memberURLs []string, name, advertise string, sec *security) ([]node.Peer, uint64, error) {
+	deadline := time.Now().Add(joinPatience)
+	for {
+		peers, id, final, err := askToJoin(memberURLs, name, advertise, sec)
+		if err == nil || final || time.Now().After(deadline) {
+			return peers, id, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// askToJoin is one try of joinInfo; final says that trying again cannot
+// help.
+func askToJoin(memberURLs []string, name, advertise string, sec *security) (_ []node.Peer, _ uint64, final bool, _ error) {
+	via := strings.Join(memberURLs, ",")
+	c, err := lockd.New(memberURLs, sec.clientOptions()...)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, true, err
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -455,13 +476,21 @@ func joinInfo(memberURL, name, advertise string, sec *security) ([]node.Peer, ui
 			// HTTP/2 hides why a TLS connection failed; ask once more over
 			// HTTP/1.1 to tell the operator (a certificate the member does
 			// not trust, usually).
-			err = fmt.Errorf("%w (TLS check: %v)", err, probeTLS(memberURL, sec.peerTLS()))
+			err = fmt.Errorf("%w (TLS check: %v)", err, probeTLS(memberURLs[0], sec.peerTLS()))
 		}
-		return nil, 0, fmt.Errorf("joining through %s: %w", memberURL, err)
+		return nil, 0, false, fmt.Errorf("joining through %s: %w", via, err)
+	}
+	if leader := st.GetLeaderUrl(); st.GetState() != "leader" && leader != "" {
+		if lc, err := lockd.New([]string{leader}, sec.clientOptions()...); err == nil {
+			if lst, err := lc.Status(ctx); err == nil {
+				st, via = lst, leader
+			}
+			lc.Close()
+		}
 	}
 	id, err := strconv.ParseUint(st.GetClusterId(), 16, 64)
 	if err != nil {
-		return nil, 0, fmt.Errorf("joining through %s: no cluster id in its status", memberURL)
+		return nil, 0, true, fmt.Errorf("joining through %s: no cluster id in its status", via)
 	}
 	var peers []node.Peer
 	found := false
@@ -470,14 +499,14 @@ func joinInfo(memberURL, name, advertise string, sec *security) ([]node.Peer, ui
 		if m.GetName() == name {
 			found = true
 			if m.GetUrl() != advertise {
-				return nil, 0, fmt.Errorf("member %q was added with URL %s, but this node advertises %s", name, m.GetUrl(), advertise)
+				return nil, 0, true, fmt.Errorf("member %q was added with URL %s, but this node advertises %s", name, m.GetUrl(), advertise)
 			}
 		}
 	}
 	if !found {
-		return nil, 0, fmt.Errorf("%q is not a member of the cluster at %s; add it first: lockd member add %s --peer-url %s --learner", name, memberURL, name, advertise)
+		return nil, 0, false, fmt.Errorf("%q is not a member of the cluster at %s; add it first: lockd member add %s --peer-url %s --learner", name, via, name, advertise)
 	}
-	return peers, id, nil
+	return peers, id, false, nil
 }
 
 // probeTLS makes one HTTPS request to url and returns why it failed.
@@ -496,8 +525,9 @@ func probeTLS(url string, cfg *tls.Config) error {
 // watchRemoval closes in.removed once this member has been removed from the
 // cluster: when it applies its own removal, or, since a removed member may
 // never learn that its removal was committed (the leader stops talking to
-// it), when it has known no leader for three election timeouts and
-// the leader no longer lists it.
+// it), when it has known no leader, or not heard from the one it knows
+// (a learner never campaigns, so it never forgets a leader), for three
+// election timeouts and the leader no longer lists it.
 func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 	tick := time.NewTicker(electionTimeout)
 	defer tick.Stop()
@@ -513,7 +543,7 @@ func (in *instance) watchRemoval(name string, electionTimeout time.Duration) {
 			return
 		case <-tick.C:
 		}
-		if in.node.Leader() != 0 {
+		if in.node.Leader() != 0 && in.node.LeaderSilence() < electionTimeout {
 			leaderless = time.Time{}
 			continue
 		}
@@ -592,4 +622,15 @@ func (in *instance) removedPerPeers(name string, timeout time.Duration) bool {
 		return true
 	}
 	return false
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
