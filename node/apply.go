@@ -2,12 +2,14 @@ package node
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	peerv1 "github.com/lockd-io/lockd/proto/lockd/peer/v1"
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -247,6 +249,12 @@ func (n *Node) snapshot(applied uint64) error {
 		return err
 	}
 	if _, err := n.store.CreateSnapshot(applied, n.apply.conf, data); err != nil {
+		if errors.Is(err, raft.ErrSnapOutOfDate) {
+			// A snapshot from the leader, newer than this point, was saved
+			// while the applier worked its way here; it replaces this one.
+			n.apply.confChanged = false
+			return nil
+		}
 		return fmt.Errorf("saving snapshot: %w", err)
 	}
 	n.snapIndex.Store(applied)

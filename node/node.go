@@ -524,7 +524,8 @@ func (n *Node) checkQuorum() {
 }
 
 // LeaderSilence is how long this node has not heard from the leader it
-// knows: 0 on the leader itself. A learner never campaigns, so it keeps a
+// knows: 0 on the leader itself; with no leader known, the time since the
+// last one was (check Leader first). A learner never campaigns, so it keeps a
 // leader that stopped talking to it (having removed it, say) for good;
 // this tells how stale that knowledge is.
 func (n *Node) LeaderSilence() time.Duration {

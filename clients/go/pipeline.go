@@ -218,7 +218,7 @@ func (p *pipeline) send() {
 			}
 		}
 		req := &lockdv1.PipelineRequest{}
-		size := 0
+		size := proto.Size(pc.c)
 		p.mu.Lock()
 		for {
 			if p.number(pc) {

@@ -449,25 +449,28 @@ const joinPatience = 30 * time.Second
 // for up to joinPatience: the cluster may be electing a leader, or still
 // committing the change.
 func joinInfo(memberURLs []string, name, advertise string, sec *security) ([]node.Peer, uint64, error) {
+	c, err := lockd.New(memberURLs, sec.clientOptions()...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
 	deadline := time.Now().Add(joinPatience)
 	for {
-		peers, id, final, err := askToJoin(memberURLs, name, advertise, sec)
-		if err == nil || final || time.Now().After(deadline) {
+		peers, id, final, err := askToJoin(c, memberURLs, name, advertise, sec)
+		switch {
+		case err == nil || final:
 			return peers, id, err
+		case time.Now().After(deadline):
+			return nil, 0, fmt.Errorf("%w (asked for %v)", err, joinPatience)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 }
 
-// askToJoin is one try of joinInfo; final says that trying again cannot
-// help.
-func askToJoin(memberURLs []string, name, advertise string, sec *security) (_ []node.Peer, _ uint64, final bool, _ error) {
+// askToJoin is one try of joinInfo, through c; final says that trying
+// again cannot help.
+func askToJoin(c *lockd.Client, memberURLs []string, name, advertise string, sec *security) (_ []node.Peer, _ uint64, final bool, _ error) {
 	via := strings.Join(memberURLs, ",")
-	c, err := lockd.New(memberURLs, sec.clientOptions()...)
-	if err != nil {
-		return nil, 0, true, err
-	}
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -480,10 +483,14 @@ func askToJoin(memberURLs []string, name, advertise string, sec *security) (_ []
 		}
 		return nil, 0, false, fmt.Errorf("joining through %s: %w", via, err)
 	}
-	if leader := st.GetLeaderUrl(); st.GetState() != "leader" && leader != "" {
+	fromLeader := st.GetState() == "leader"
+	if leader := st.GetLeaderUrl(); !fromLeader && leader != "" {
+		// The leader has applied the change that added this member; the
+		// node that answered may not have yet. Its word counts only if it
+		// still leads the same cluster.
 		if lc, err := lockd.New([]string{leader}, sec.clientOptions()...); err == nil {
-			if lst, err := lc.Status(ctx); err == nil {
-				st, via = lst, leader
+			if lst, err := lc.Status(ctx); err == nil && lst.GetState() == "leader" && lst.GetClusterId() == st.GetClusterId() {
+				st, via, fromLeader = lst, leader, true
 			}
 			lc.Close()
 		}
@@ -499,7 +506,8 @@ func askToJoin(memberURLs []string, name, advertise string, sec *security) (_ []
 		if m.GetName() == name {
 			found = true
 			if m.GetUrl() != advertise {
-				return nil, 0, true, fmt.Errorf("member %q was added with URL %s, but this node advertises %s", name, m.GetUrl(), advertise)
+				// Final on the leader's word; a follower's may be stale.
+				return nil, 0, fromLeader, fmt.Errorf("member %q was added with URL %s, but this node advertises %s", name, m.GetUrl(), advertise)
 			}
 		}
 	}
