@@ -24,12 +24,19 @@ var ErrNotProposed = errors.New("not proposed")
 var errOutcomeUnknown = errors.New("the write was not applied in time (no quorum, or a leader change); its outcome is unknown; retry it with the same request id")
 
 // errShuttingDown ends the streams and waits of a node that drains.
-var errShuttingDown = connect.NewError(connect.CodeUnavailable, errors.New("this node is shutting down; retry on another node"))
+var errShuttingDown = shared(connect.NewError(connect.CodeUnavailable, errors.New("this node is shutting down; retry on another node")))
 
 // errDetached ends the waits of a Pipeline stream that ended without its
 // client giving up (the credentials were reloaded): the waiters stay
 // queued for the retries to find.
-var errDetached = connect.NewError(connect.CodeUnavailable, errors.New("the call's stream ended (the node's credentials were reloaded); retry with the same request id"))
+var errDetached = shared(connect.NewError(connect.CodeUnavailable, errors.New("the call's stream ended (the node's credentials were reloaded); retry with the same request id")))
+
+// shared readies an error that many goroutines return: its metadata is
+// made now, since Meta makes it on first use, which is a write.
+func shared(err *connect.Error) *connect.Error {
+	err.Meta()
+	return err
+}
 
 // LeaderHeader carries the leader's URL on Unavailable errors, when known,
 // so clients can go there directly.

@@ -98,38 +98,36 @@ func (e *endpoint) pipelined(ctx context.Context, c *lockdv1.PipelineCall) (*loc
 
 // acquire calls Acquire on the node, pipelined when it can be.
 func (e *endpoint) acquire(ctx context.Context, req *lockdv1.AcquireRequest) (*lockdv1.AcquireResponse, error) {
-	r, err := e.pipelined(ctx, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Acquire{Acquire: req}})
-	switch {
-	case errors.Is(err, errUnary):
-		resp, err := e.lock.Acquire(ctx, connect.NewRequest(req))
-		if err != nil {
-			return nil, err
-		}
-		return resp.Msg, nil
-	case err != nil:
-		return nil, err
-	case r.GetAcquire() == nil:
-		return nil, fmt.Errorf("lockd: %s answered an acquire with %T", e.url, r.GetResult())
-	}
-	return r.GetAcquire(), nil
+	return callEither(ctx, e, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Acquire{Acquire: req}},
+		(*lockdv1.PipelineResult).GetAcquire, req, e.lock.Acquire)
 }
 
 // release calls Release on the node, pipelined when it can be.
 func (e *endpoint) release(ctx context.Context, req *lockdv1.ReleaseRequest) (*lockdv1.ReleaseResponse, error) {
-	r, err := e.pipelined(ctx, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Release{Release: req}})
+	return callEither(ctx, e, &lockdv1.PipelineCall{Call: &lockdv1.PipelineCall_Release{Release: req}},
+		(*lockdv1.PipelineResult).GetRelease, req, e.lock.Release)
+}
+
+// callEither makes a call on the node's stream (c, whose answer answerOf
+// picks out), or unary (req to unary) when it cannot be pipelined.
+func callEither[Req, Resp any](ctx context.Context, e *endpoint, c *lockdv1.PipelineCall,
+	answerOf func(*lockdv1.PipelineResult) *Resp,
+	req *Req, unary func(context.Context, *connect.Request[Req]) (*connect.Response[Resp], error),
+) (*Resp, error) {
+	r, err := e.pipelined(ctx, c)
 	switch {
 	case errors.Is(err, errUnary):
-		resp, err := e.lock.Release(ctx, connect.NewRequest(req))
+		resp, err := unary(ctx, connect.NewRequest(req))
 		if err != nil {
 			return nil, err
 		}
 		return resp.Msg, nil
 	case err != nil:
 		return nil, err
-	case r.GetRelease() == nil:
-		return nil, fmt.Errorf("lockd: %s answered a release with %T", e.url, r.GetResult())
+	case answerOf(r) == nil:
+		return nil, fmt.Errorf("lockd: %s answered %T with %T", e.url, req, r.GetResult())
 	}
-	return r.GetRelease(), nil
+	return answerOf(r), nil
 }
 
 type options struct {

@@ -86,6 +86,17 @@ func (p *pipe) quiet(d time.Duration) {
 	}
 }
 
+// waitWaiters waits until lock name has n waiters.
+func waitWaiters(t *testing.T, c clients, name string, n int, what string) {
+	t.Helper()
+	eventually(t, 5*time.Second, what, func() error {
+		if w := len(describe(t, c, name).GetWaiters()); w != n {
+			return fmt.Errorf("%d waiters, want %d", w, n)
+		}
+		return nil
+	})
+}
+
 func acquireCall(id uint64, req *lockdv1.AcquireRequest) *lockdv1.PipelineCall {
 	return &lockdv1.PipelineCall{Id: id, Call: &lockdv1.PipelineCall_Acquire{Acquire: req}}
 }
@@ -163,35 +174,27 @@ func TestAPIPipelineWithdraws(t *testing.T) {
 	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "pw", LeaseId: a}); err != nil || !r.GetGranted() {
 		t.Fatal(r, err)
 	}
-	waiters := func(want int) func() error {
-		return func() error {
-			if n := len(describe(t, c, "pw").GetWaiters()); n != want {
-				return fmt.Errorf("%d waiters, want %d", n, want)
-			}
-			return nil
-		}
-	}
 	p := openPipe(t, c)
 
 	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 1}))
-	eventually(t, 5*time.Second, "b queued", waiters(1))
+	waitWaiters(t, c, "pw", 1, "b queued")
 	p.send(cancelCall(1))
 	if e := p.next(1)[1].GetError(); e.GetCode() != connect.CodeCanceled.String() {
 		t.Fatalf("cancelled call answered %v, want canceled", e)
 	}
-	eventually(t, 5*time.Second, "the cancelled waiter withdrawn", waiters(0))
+	waitWaiters(t, c, "pw", 0, "the cancelled waiter withdrawn")
 
 	p.send(&lockdv1.PipelineCall{Id: 2, Timeout: durationpb.New(300 * time.Millisecond),
 		Call: &lockdv1.PipelineCall_Acquire{Acquire: &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 2}}})
 	if e := p.next(1)[2].GetError(); e.GetCode() != connect.CodeDeadlineExceeded.String() {
 		t.Fatalf("timed-out call answered %v, want deadline_exceeded", e)
 	}
-	eventually(t, 5*time.Second, "the timed-out waiter withdrawn", waiters(0))
+	waitWaiters(t, c, "pw", 0, "the timed-out waiter withdrawn")
 
 	p.send(acquireCall(3, &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 3}))
-	eventually(t, 5*time.Second, "b queued again", waiters(1))
+	waitWaiters(t, c, "pw", 1, "b queued again")
 	p.close() // the client goes away
-	eventually(t, 5*time.Second, "the stream's waiter withdrawn", waiters(0))
+	waitWaiters(t, c, "pw", 0, "the stream's waiter withdrawn")
 	// Nothing was left with b: a's release frees the lock.
 	if _, err := c.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "pw", LeaseId: a})); err != nil {
 		t.Fatal(err)
@@ -218,12 +221,7 @@ func TestAPIPipelineBadInput(t *testing.T) {
 	b := grant(t, c, 5*time.Second, "b")
 	keepAlive(t, c, b, 200*time.Millisecond)
 	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pb", LeaseId: b, RequestId: 1}))
-	eventually(t, 5*time.Second, "b queued", func() error {
-		if n := len(describe(t, c, "pb").GetWaiters()); n != 1 {
-			return fmt.Errorf("%d waiters", n)
-		}
-		return nil
-	})
+	waitWaiters(t, c, "pb", 1, "b queued")
 	before := describe(t, c, "pb")
 	cases := []struct {
 		call *lockdv1.PipelineCall
@@ -264,12 +262,7 @@ func TestAPIPipelineBadInput(t *testing.T) {
 	c2 := grant(t, c, 5*time.Second, "c")
 	keepAlive(t, c, c2, 200*time.Millisecond)
 	p.send(acquireCall(81, &lockdv1.AcquireRequest{Name: "pb", LeaseId: c2, RequestId: 1}))
-	eventually(t, 5*time.Second, "c queued", func() error {
-		if n := len(describe(t, c, "pb").GetWaiters()); n != 1 {
-			return fmt.Errorf("%d waiters", n)
-		}
-		return nil
-	})
+	waitWaiters(t, c, "pb", 1, "c queued")
 	p.send(acquireCall(81, &lockdv1.AcquireRequest{Name: "pb", LeaseId: c2, RequestId: 2}))
 	for ended := false; !ended; {
 		select {
@@ -286,12 +279,7 @@ func TestAPIPipelineBadInput(t *testing.T) {
 			t.Fatal("the stream did not end")
 		}
 	}
-	eventually(t, 5*time.Second, "c's waiter withdrawn with the stream", func() error {
-		if n := len(describe(t, c, "pb").GetWaiters()); n != 0 {
-			return fmt.Errorf("%d waiters", n)
-		}
-		return nil
-	})
+	waitWaiters(t, c, "pb", 0, "c's waiter withdrawn with the stream")
 }
 
 // A caller that gives up is withdrawn however many requests its lease has
@@ -313,12 +301,7 @@ func TestAPIWithdrawAfterManyRequests(t *testing.T) {
 		_, err := acquire(ctx, c, &lockdv1.AcquireRequest{Name: "many", LeaseId: b, RequestId: 1})
 		done <- err
 	}()
-	eventually(t, 5*time.Second, "b queued", func() error {
-		if n := len(describe(t, c, "many").GetWaiters()); n != 1 {
-			return fmt.Errorf("%d waiters", n)
-		}
-		return nil
-	})
+	waitWaiters(t, c, "many", 1, "b queued")
 	for i := range 40 { // more than the table remembers per lease
 		name := fmt.Sprintf("many/%d", i)
 		r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: name, LeaseId: b, RequestId: uint64(100 + i)})
@@ -330,10 +313,5 @@ func TestAPIWithdrawAfterManyRequests(t *testing.T) {
 	if err := <-done; codeOf(err) != connect.CodeCanceled {
 		t.Fatalf("given up: %v", err)
 	}
-	eventually(t, 5*time.Second, "b's old waiter withdrawn", func() error {
-		if n := len(describe(t, c, "many").GetWaiters()); n != 0 {
-			return fmt.Errorf("%d waiters", n)
-		}
-		return nil
-	})
+	waitWaiters(t, c, "many", 0, "b's old waiter withdrawn")
 }

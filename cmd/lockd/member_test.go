@@ -24,6 +24,20 @@ type memberCluster struct {
 	ins  map[string]*instance
 }
 
+// newMemberCluster starts a cluster of size members, n1…, and returns it
+// with their addresses.
+func newMemberCluster(t *testing.T, size int) (*memberCluster, []string) {
+	mc := &memberCluster{t: t, base: t.TempDir(), ins: map[string]*instance{}}
+	addrs := freeAddrs(t, size)
+	initial, peers := initialCluster(t, "n", addrs)
+	for i, a := range addrs {
+		c := mc.config(fmt.Sprintf("n%d", i+1), a)
+		c.initialCluster = initial
+		mc.start(c, peers)
+	}
+	return mc, addrs
+}
+
 func (mc *memberCluster) config(name, addr string) serveConfig {
 	return serveConfig{name: name, dataDir: filepath.Join(mc.base, name), listen: addr, advertise: "http://" + addr,
 		heartbeat: 30 * time.Millisecond, electionTimeout: testElection, snapshotEntries: 200, compactionMargin: 50}
@@ -103,14 +117,7 @@ func (mc *memberCluster) voters() int {
 // removed members stop. Then a member whose data dir is wiped rejoins under
 // a new name and catches up by snapshot.
 func TestMembershipGrowShrink(t *testing.T) {
-	mc := &memberCluster{t: t, base: t.TempDir(), ins: map[string]*instance{}}
-	addrs := freeAddrs(t, 3)
-	initial, peers := initialCluster(t, "n", addrs)
-	for i, a := range addrs {
-		c := mc.config(fmt.Sprintf("n%d", i+1), a)
-		c.initialCluster = initial
-		mc.start(c, peers)
-	}
+	mc, addrs := newMemberCluster(t, 3)
 	waitLeader(t, mc.live())
 
 	// The load: one session locking and unlocking a mutex, checking that
@@ -249,14 +256,7 @@ func TestMembershipGrowShrink(t *testing.T) {
 // it; and a new member added once the log was compacted catches up at
 // once, with no more writes to prompt a snapshot that names it.
 func TestLearnerCatchesUpAndStopsWhenRemoved(t *testing.T) {
-	mc := &memberCluster{t: t, base: t.TempDir(), ins: map[string]*instance{}}
-	addrs := freeAddrs(t, 3)
-	initial, peers := initialCluster(t, "n", addrs)
-	for i, a := range addrs {
-		c := mc.config(fmt.Sprintf("n%d", i+1), a)
-		c.initialCluster = initial
-		mc.start(c, peers)
-	}
+	mc, _ := newMemberCluster(t, 3)
 	leader := waitLeader(t, mc.live())
 	c := newClients(leader.url())
 	lease := grant(t, c, 5*time.Second, "writer")
