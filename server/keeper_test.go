@@ -79,11 +79,15 @@ func TestKeeperExpiresOnlyWithQuorum(t *testing.T) {
 	if e := expiring(); len(e) != 0 {
 		t.Fatalf("a leader without a quorum decided to expire %v", e)
 	}
+	select {
+	case c := <-r.proposed:
+		t.Fatalf("a leader without a quorum proposed %v", c)
+	default:
+	}
 	r.set(true, 2, true)
 	k.step(ctx)
-	if e := expiring(); len(e) != 1 || !e[short] {
-		t.Fatalf("expiring %v, want the short lease %d", e, short)
-	}
+	// (The keeper's expiring set is not looked at here: the proposal it
+	// starts may already have been applied, and the lease forgotten.)
 	select {
 	case c := <-r.proposed:
 		if x := c.GetExpireLease(); x.GetLeaseId() != short || x.GetTerm() != 2 {
@@ -107,9 +111,19 @@ func TestKeeperExpiresOnlyWithQuorum(t *testing.T) {
 	if e := expiring(); len(e) != 0 {
 		t.Fatalf("a new leader expired %v at once; lease %d was due a full TTL", e, late)
 	}
+	select {
+	case c := <-r.proposed:
+		t.Fatalf("a new leader proposed %v at once; lease %d was due a full TTL", c, late)
+	default:
+	}
 	time.Sleep(60 * time.Millisecond)
 	k.step(ctx)
-	if e := expiring(); !e[late] {
-		t.Fatalf("expiring %v after the new leader's full TTL, want lease %d", e, late)
+	select {
+	case c := <-r.proposed:
+		if x := c.GetExpireLease(); x.GetLeaseId() != late || x.GetTerm() != 3 {
+			t.Fatalf("proposed %v, want the expiry of lease %d in term 3", c, late)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no expiry of lease %d after the new leader's full TTL", late)
 	}
 }
