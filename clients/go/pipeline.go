@@ -97,7 +97,8 @@ func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.
 	if deadline, ok := ctx.Deadline(); ok {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return nil, connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)
+			<-ctx.Done() // due now; its timer may not have fired yet
+			return nil, contextError(ctx)
 		}
 		c.Timeout = durationpb.New(left)
 	}
@@ -128,6 +129,13 @@ func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.
 	}
 	select {
 	case r := <-pc.answer:
+		if dl, ok := ctx.Deadline(); ok && r.GetError().GetCode() == connect.CodeDeadlineExceeded.String() && time.Until(dl) < time.Second {
+			// The node's timer for the call ran out, and the caller's is
+			// about to: wait for it, so that the caller sees its own
+			// context ended, as a unary call's caller does.
+			<-ctx.Done()
+			return nil, contextError(ctx)
+		}
 		return answer(r)
 	case <-p.done:
 		select {
