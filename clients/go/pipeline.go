@@ -67,9 +67,9 @@ type pipeline struct {
 type pending struct {
 	c      *lockdv1.PipelineCall
 	answer chan *lockdv1.PipelineResult // buffered: the receiver never waits
-	// Under pipeline.mu: sent once the sender gave the call its id;
-	// dropped if its caller gave up first (the sender skips it).
-	sent, dropped bool
+	// Under pipeline.mu: dropped if its caller gave up before the sender
+	// gave the call its id (c.Id, set when it is sent); the sender skips it.
+	dropped bool
 }
 
 func newPipeline(e *endpoint) *pipeline {
@@ -156,7 +156,7 @@ func (p *pipeline) call(ctx context.Context, c *lockdv1.PipelineCall) (*lockdv1.
 // released, even one made just before the cancel arrived.
 func (p *pipeline) giveUp(pc *pending) {
 	p.mu.Lock()
-	sent := pc.sent
+	sent := pc.c.GetId() != 0
 	pc.dropped = !sent
 	if sent {
 		delete(p.calls, pc.c.GetId())
@@ -276,7 +276,7 @@ func (p *pipeline) number(pc *pending) bool {
 		return false
 	}
 	p.next++
-	pc.c.Id, pc.sent = p.next, true
+	pc.c.Id = p.next
 	p.calls[p.next] = pc
 	return true
 }

@@ -86,6 +86,20 @@ func (p *pipe) quiet(d time.Duration) {
 	}
 }
 
+// heldWithRival grants two leases kept alive, a and b, and has a take
+// lock name.
+func heldWithRival(t *testing.T, c clients, name string) (a, b uint64) {
+	t.Helper()
+	a = grant(t, c, 5*time.Second, "a")
+	b = grant(t, c, 5*time.Second, "b")
+	keepAlive(t, c, a, 200*time.Millisecond)
+	keepAlive(t, c, b, 200*time.Millisecond)
+	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: name, LeaseId: a}); err != nil || !r.GetGranted() {
+		t.Fatal(r, err)
+	}
+	return a, b
+}
+
 // waitWaiters waits until lock name has n waiters.
 func waitWaiters(t *testing.T, c clients, name string, n int, what string) {
 	t.Helper()
@@ -167,13 +181,7 @@ func TestAPIPipelineCalls(t *testing.T) {
 func TestAPIPipelineWithdraws(t *testing.T) {
 	ins := startInstances(t, 1)
 	c := newClients(ins[0].url())
-	a := grant(t, c, 5*time.Second, "a")
-	b := grant(t, c, 5*time.Second, "b")
-	keepAlive(t, c, a, 200*time.Millisecond)
-	keepAlive(t, c, b, 200*time.Millisecond)
-	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "pw", LeaseId: a}); err != nil || !r.GetGranted() {
-		t.Fatal(r, err)
-	}
+	a, b := heldWithRival(t, c, "pw")
 	p := openPipe(t, c)
 
 	p.send(acquireCall(1, &lockdv1.AcquireRequest{Name: "pw", LeaseId: b, RequestId: 1}))
@@ -288,13 +296,7 @@ func TestAPIPipelineBadInput(t *testing.T) {
 func TestAPIWithdrawAfterManyRequests(t *testing.T) {
 	ins := startInstances(t, 1)
 	c := newClients(ins[0].url())
-	a := grant(t, c, 5*time.Second, "a")
-	b := grant(t, c, 5*time.Second, "b")
-	keepAlive(t, c, a, 200*time.Millisecond)
-	keepAlive(t, c, b, 200*time.Millisecond)
-	if r, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "many", LeaseId: a}); err != nil || !r.GetGranted() {
-		t.Fatal(r, err)
-	}
+	_, b := heldWithRival(t, c, "many")
 	ctx, giveUp := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
