@@ -159,7 +159,7 @@ func (k *keeper) observe(events []locks.Event) {
 		case locks.LeaseGranted:
 			ttl := e.TTL
 			if bugEarlyExpiry {
-				ttl /= 3
+				ttl /= 4
 			}
 			k.deadlines.Add(e.LeaseID, ttl, now)
 		case locks.LeaseEnded:
