@@ -123,9 +123,11 @@ clusters="3-node 1-node"
 [ "${SCALE_ONLY:-0}" = 1 ] && clusters=""
 for cluster in $clusters; do
   n=${size_of[$cluster]}
-  for system in lockd etcd etcd-v3lock; do
-    [ "$system" = etcd-v3lock ] && [ "$cluster" = 1-node ] && continue
-    for run in $(seq 1 "$RUNS"); do
+  # Runs alternate between the systems, so that a machine that slows down
+  # for a while (shared hosts do) costs each system alike.
+  for run in $(seq 1 "$RUNS"); do
+    for system in lockd etcd etcd-v3lock; do
+      [ "$system" = etcd-v3lock ] && [ "$cluster" = 1-node ] && continue
       if [ "$system" = lockd ]; then start_lockd "$n"; else start_etcd "$n"; fi
       data_dir="$work/${system%%-*}-$n-1"
       wait_leader "$system" "$eps"
