@@ -234,7 +234,9 @@ func (n *Node) snapshot(applied uint64) error {
 			return err
 		}
 		if compact > first {
-			if err := n.store.Compact(compact); err != nil {
+			// ErrCompacted: a snapshot from the leader, saved meanwhile,
+			// discarded this part of the log already.
+			if err := n.store.Compact(compact); err != nil && !errors.Is(err, raft.ErrCompacted) {
 				return fmt.Errorf("compacting log: %w", err)
 			}
 		}

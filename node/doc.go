@@ -16,8 +16,10 @@
 //  4. the committed entries, which raft hands out only once they are on this
 //     node's disk, go to the applier.
 //
-// The loop never waits for the disk, so a leader steps acknowledgements and
-// commits while its own fsync runs.
+// The loop does not wait for the disk, so a leader steps acknowledgements
+// and commits while its own fsync runs. (Only raft's reads of the log wait
+// out a write that replaces entries or installs a snapshot: the store locks
+// readers out of such a write until it is synced.)
 //
 // The applier is a goroutine of its own: it applies committed entries to the
 // StateMachine in log order, answers the proposals waiting on them with the

@@ -78,7 +78,11 @@ type netFaults struct {
 	dropRate float64
 	maxDelay time.Duration
 	dropped  atomic.Int64
+	// diskDelay, in nanoseconds, slows every synced write (DiskFaults).
+	diskDelay atomic.Int64
 }
+
+func (f *netFaults) WriteDelay() time.Duration { return time.Duration(f.diskDelay.Load()) }
 
 func newNetFaults(seed uint64) *netFaults {
 	return &netFaults{rng: rand.New(rand.NewPCG(seed, 1)), cut: map[[2]uint64]bool{}}

@@ -535,7 +535,10 @@ func (n *Node) stepLocal(ms []*raftpb.Message) {
 // as soon as its configuration is applied, rather than after an election
 // timeout.
 func (n *Node) campaignIfAlone() {
-	if v := n.confState.GetVoters(); len(v) == 1 && v[0] == n.id && n.leader.Load() == 0 && !n.rn.HasReady() {
+	// Only from follower: a candidate waiting for the fsync of its own vote
+	// (storage writes are off the loop) would start its election over.
+	if v := n.confState.GetVoters(); len(v) == 1 && v[0] == n.id && n.leader.Load() == 0 && !n.rn.HasReady() &&
+		n.rn.BasicStatus().RaftState == raft.StateFollower {
 		n.rn.Campaign()
 	}
 }

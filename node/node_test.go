@@ -390,3 +390,14 @@ func TestNewMemberCatchesUpAfterCompaction(t *testing.T) {
 		t.Fatalf("cut off learner: leader %x, silence %v; want the old leader kept and its silence told", lead, s)
 	}
 }
+
+// TestSingleNodeElectsItselfOnASlowDisk: with storage writes off the loop, a
+// lone voter's vote for itself waits for an fsync; campaigning again
+// meanwhile would start the election over at every tick, for as long as the
+// disk stays slower than a tick.
+func TestSingleNodeElectsItselfOnASlowDisk(t *testing.T) {
+	f := newNetFaults(1)
+	f.diskDelay.Store(int64(100 * time.Millisecond)) // five heartbeat ticks
+	c := newTestCluster(t, 1, f, nil)
+	c.waitLeader(10 * time.Second)
+}

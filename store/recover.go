@@ -115,6 +115,17 @@ func (s *Store) load() error {
 	if s.last < snapIndex {
 		return fmt.Errorf("%w: log ends at index %d, before the snapshot index %d", ErrCorrupt, s.last, snapIndex)
 	}
+	// A snapshot holds only committed entries, but it is written apart from
+	// raft's hard state: the node's applier takes it while the append
+	// goroutine may not yet have written the commit index that covers it,
+	// or may then write an older one. A crash in between leaves a commit
+	// index below the snapshot's, which raft refuses at start (applied past
+	// committed). Everything up to the snapshot is committed, so that is the
+	// commit index at least.
+	if snapIndex > s.hs.GetCommit() {
+		hs := &pb.HardState{Term: new(max(s.hs.GetTerm(), snapTerm)), Vote: new(s.hs.GetVote()), Commit: new(snapIndex)}
+		s.hs = hs
+	}
 	if c := s.hs.GetCommit(); c > s.last {
 		return fmt.Errorf("%w: hard state commit index %d is past the last log index %d", ErrCorrupt, c, s.last)
 	}
