@@ -214,4 +214,7 @@ fi
   echo
   "$work/lockbench" -workload report "$results"
 } >"$OUT"
+# The raw results, one JSON line per run, beside the table (for errors,
+# spreads and anything the table leaves out).
+cp "$results" "${OUT%.md}.jsonl"
 cat "$OUT"

@@ -55,6 +55,27 @@ func report(in io.Reader, out io.Writer) error {
 			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, metric,
 				num(l, unit), num(e, unit), num(v, unit), ratio(l, e), ratio(l, v))
 		}
+		// total sums a count over all runs: an error in any run shows.
+		total := func(metric string, get func(result) float64) {
+			sum := func(rs []result) float64 {
+				if len(rs) == 0 {
+					return -1
+				}
+				var t float64
+				for _, r := range rs {
+					t += get(r)
+				}
+				return t
+			}
+			count := func(rs []result) string {
+				if t := sum(rs); t >= 0 {
+					return fmt.Sprintf("%.0f", t)
+				}
+				return "–"
+			}
+			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | | |\n", k.cluster, k.workload, k.c, metric,
+				count(sys["lockd"]), count(sys["etcd"]), count(sys["etcd-v3lock"]))
+		}
 		switch {
 		case k.workload == "sessions":
 			row("sessions alive", func(r result) float64 { return float64(r.SessionsAlive) }, "")
@@ -97,6 +118,7 @@ func report(in io.Reader, out io.Writer) error {
 			if k.workload == "contended" {
 				row("out of order", func(r result) float64 { return float64(r.OutOfOrder) }, "")
 			}
+			total("errors, all runs", func(r result) float64 { return float64(r.Errors) })
 		}
 	}
 	return nil
