@@ -401,3 +401,25 @@ func TestSingleNodeElectsItselfOnASlowDisk(t *testing.T) {
 	c := newTestCluster(t, 1, f, nil)
 	c.waitLeader(10 * time.Second)
 }
+
+// TestRemovedMemberLearnsOfItsRemoval: the leader queues the commit that
+// removes a member in the same turn as it applies the removal and drops the
+// member's link; the link must still deliver it, slow as it is, or the
+// member never applies its own removal.
+func TestRemovedMemberLearnsOfItsRemoval(t *testing.T) {
+	f := newNetFaults(7)
+	c := newTestCluster(t, 3, f, nil)
+	l := c.waitLeader(5 * time.Second)
+	gone := c.follower(l)
+	f.set(0, 40*time.Millisecond) // every batch waits up to 40ms to be sent
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.current().RemoveMember(ctx, gone.name); err != nil {
+		t.Fatalf("removing %s: %v", gone.name, err)
+	}
+	select {
+	case <-gone.current().Removed():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not apply its own removal", gone.name)
+	}
+}

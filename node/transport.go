@@ -152,14 +152,22 @@ func (t *transport) setPeer(id uint64, url string) {
 	}()
 }
 
+// removePeer stops sending to a member that left the cluster: at once for
+// new messages, but its sender goes on for a grace period to flush what is
+// queued, since the loop queues the commit that removes a member in the
+// same turn as it applies the removal, and a member that never learns of
+// its removal cannot mark its data dir as removed.
 func (t *transport) removePeer(id uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.peers[id]; ok {
-		p.stop()
 		delete(t.peers, id)
+		time.AfterFunc(removeGrace, p.stop)
 	}
 }
+
+// removeGrace is how long a removed member's sender flushes its queue.
+const removeGrace = time.Second
 
 func (t *transport) close() {
 	t.stop()
