@@ -2,6 +2,7 @@ package nemesis
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -154,16 +155,27 @@ var MutexModel = porcupine.NondeterministicModel{
 }
 
 // CheckLinearizable checks a mutex history against MutexModel, each lock's
-// on its own (concurrently, each within timeout). It reports, per lock, an
-// anomaly if its history is not linearizable, and whether the check ran out
-// of time for some lock (inconclusive).
+// on its own (as many at a time as there are CPUs, each within timeout). It
+// reports, per lock, an anomaly if its history is not linearizable, and
+// whether the check ran out of time for some lock (inconclusive).
+//
+// porcupine's search keeps every state it has visited, so a hard history
+// (long, with many operations of unknown outcome) grows its memory for as
+// long as it runs: a 24-minute soak once had all its locks' searches take
+// 24 GiB between them in three minutes. Hence the bounded parallelism, and
+// callers should keep timeout to minutes.
 func CheckLinearizable(ops []porcupine.Operation, timeout time.Duration) (anomalies []string, inconclusive bool) {
 	parts := MutexModel.Partition(ops)
 	model := MutexModel.ToModel()
 	results := make([]porcupine.CheckResult, len(parts))
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, runtime.NumCPU())
 	for i, part := range parts {
-		wg.Go(func() { results[i] = porcupine.CheckOperationsTimeout(model, part, timeout) })
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			results[i] = porcupine.CheckOperationsTimeout(model, part, timeout)
+		})
 	}
 	wg.Wait()
 	for i, res := range results {

@@ -244,7 +244,7 @@ func run(t *testing.T, cfg runConfig) report {
 	for _, name := range mutexes {
 		anomalies = append(anomalies, CheckFIFO(name, rec.queues[name])...)
 	}
-	lin, inconclusive := CheckLinearizable(rec.ops, max(time.Minute, cfg.duration/4))
+	lin, inconclusive := CheckLinearizable(rec.ops, min(max(time.Minute, cfg.duration/4), 2*time.Minute))
 	anomalies = append(anomalies, lin...)
 
 	line := fmt.Sprintf("nemesis: %d nodes, %v, seed %d: %d mutex ops, %d grants, %d holds checked, %d expiries, %d queue events; faults: %s; anomalies: %d",
