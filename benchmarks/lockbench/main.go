@@ -23,6 +23,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -302,8 +303,14 @@ func run(sys system, workload string, c int, duration, ttl time.Duration, maxOps
 				for !done() {
 					t0 := time.Now()
 					got, err := m.tryLock(ctx)
-					if err != nil || got {
-						errs.Add(1)
+					switch {
+					case err != nil && ctx.Err() != nil:
+						continue // the end of the run, not an error
+					case err != nil:
+						failed(err)
+						continue
+					case got:
+						failed(errors.New("a try-lock got a lock that is held"))
 						continue
 					}
 					lat.record(time.Since(t0))
