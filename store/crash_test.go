@@ -56,6 +56,7 @@ func TestCrashAfterWrite(t *testing.T) {
 					t.Fatalf("step %d (%s): reopen after crash (unsynced %d%%): %v", i, what, pct, err)
 				}
 				want, _ := capture(g.model)
+				want = reopened(want)
 				got, err := capture(c)
 				if err != nil {
 					t.Fatalf("step %d (%s): after crash: %v", i, what, err)
@@ -91,6 +92,7 @@ func TestCrashDuringWrite(t *testing.T) {
 	for i := range steps {
 		w := g.next()
 		pre, _ := capture(g.model)
+		pre = reopened(pre)
 
 		type result struct {
 			snap *pb.Snapshot
@@ -127,6 +129,7 @@ func TestCrashDuringWrite(t *testing.T) {
 			t.Fatalf("step %d: %s = %v, model %v", i, w.desc, res.snap.GetMetadata(), want.GetMetadata())
 		}
 		post, _ := capture(g.model)
+		post = reopened(post)
 
 		for j, cfs := range crashed {
 			c, err := Open("db", Options{FS: cfs, CacheBytes: int64(rng.IntN(2000))})

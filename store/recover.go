@@ -123,8 +123,7 @@ func (s *Store) load() error {
 	// committed). Everything up to the snapshot is committed, so that is the
 	// commit index at least.
 	if snapIndex > s.hs.GetCommit() {
-		hs := &pb.HardState{Term: new(max(s.hs.GetTerm(), snapTerm)), Vote: new(s.hs.GetVote()), Commit: new(snapIndex)}
-		s.hs = hs
+		s.hs = &pb.HardState{Term: new(s.hs.GetTerm()), Vote: new(s.hs.GetVote()), Commit: new(snapIndex)}
 	}
 	if c := s.hs.GetCommit(); c > s.last {
 		return fmt.Errorf("%w: hard state commit index %d is past the last log index %d", ErrCorrupt, c, s.last)
