@@ -391,10 +391,9 @@ func TestNewMemberCatchesUpAfterCompaction(t *testing.T) {
 	}
 }
 
-// TestSingleNodeElectsItselfOnASlowDisk: with storage writes off the loop, a
-// lone voter's vote for itself waits for an fsync; campaigning again
-// meanwhile would start the election over at every tick, for as long as the
-// disk stays slower than a tick.
+// TestSingleNodeElectsItselfOnASlowDisk: a lone voter's vote for itself
+// waits for an fsync slower than several ticks; the node must not start its
+// election over meanwhile (it did, once storage writes left the loop).
 func TestSingleNodeElectsItselfOnASlowDisk(t *testing.T) {
 	f := newNetFaults(1)
 	f.diskDelay.Store(int64(100 * time.Millisecond)) // five heartbeat ticks

@@ -209,11 +209,8 @@ func checkAgainst(t testing.TB, rng *rand.Rand, s *Store, model *raft.MemoryStor
 	}
 }
 
-// reopened is st as a store holding it reports it after a reopen: a commit
-// index below the snapshot's is raised to it (see load).
+// reopened is st as a store holding it reports it after a reopen (see load).
 func reopened(st state) state {
-	if si := st.snap.GetMetadata().GetIndex(); si > st.hs.GetCommit() {
-		st.hs = &pb.HardState{Term: new(st.hs.GetTerm()), Vote: new(st.hs.GetVote()), Commit: new(si)}
-	}
+	st.hs = committedThroughSnapshot(st.hs, st.snap.GetMetadata().GetIndex())
 	return st
 }

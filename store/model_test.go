@@ -260,12 +260,8 @@ func TestModel(t *testing.T) {
 					// committed at least (load); so does the model now.
 					hs, _, _ := g.model.InitialState()
 					snap, _ := g.model.Snapshot()
-					if si := snap.GetMetadata().GetIndex(); si > hs.GetCommit() {
-						hs = proto.CloneOf(hs)
-						hs.Commit = new(si)
-						if err := g.model.SetHardState(hs); err != nil {
-							t.Fatal(err)
-						}
+					if err := g.model.SetHardState(committedThroughSnapshot(hs, snap.GetMetadata().GetIndex())); err != nil {
+						t.Fatal(err)
 					}
 					for k, v := range meta {
 						got, err := s.GetMeta(k)

@@ -116,15 +116,12 @@ func (s *Store) load() error {
 		return fmt.Errorf("%w: log ends at index %d, before the snapshot index %d", ErrCorrupt, s.last, snapIndex)
 	}
 	// A snapshot holds only committed entries, but it is written apart from
-	// raft's hard state: the node's applier takes it while the append
-	// goroutine may not yet have written the commit index that covers it,
-	// or may then write an older one. A crash in between leaves a commit
-	// index below the snapshot's, which raft refuses at start (applied past
-	// committed). Everything up to the snapshot is committed, so that is the
-	// commit index at least.
-	if snapIndex > s.hs.GetCommit() {
-		s.hs = &pb.HardState{Term: new(s.hs.GetTerm()), Vote: new(s.hs.GetVote()), Commit: new(snapIndex)}
-	}
+	// raft's hard state: a writer that snapshots before the hard state
+	// covering it is on disk (the node does not, but its applier and raft
+	// loop write concurrently) would leave, after a crash, a commit index
+	// below the snapshot's, which raft refuses at start. Everything up to
+	// the snapshot is committed, so that is the commit index at least.
+	s.hs = committedThroughSnapshot(s.hs, snapIndex)
 	if c := s.hs.GetCommit(); c > s.last {
 		return fmt.Errorf("%w: hard state commit index %d is past the last log index %d", ErrCorrupt, c, s.last)
 	}
@@ -195,4 +192,13 @@ func (s *Store) fillCache() error {
 	slices.Reverse(ents)
 	s.cache.append(ents)
 	return nil
+}
+
+// committedThroughSnapshot returns hs with its commit index raised to
+// snapIndex if it is below it (hs itself is not modified).
+func committedThroughSnapshot(hs *pb.HardState, snapIndex uint64) *pb.HardState {
+	if snapIndex <= hs.GetCommit() {
+		return hs
+	}
+	return &pb.HardState{Term: new(hs.GetTerm()), Vote: new(hs.GetVote()), Commit: new(snapIndex)}
 }

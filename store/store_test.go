@@ -674,9 +674,9 @@ func TestPebbleLogger(t *testing.T) {
 
 // TestSnapshotPastSavedCommit reopens a store whose snapshot (and
 // compaction) got ahead of the commit index in its hard state, as a crash
-// leaves it when the applier snapshots entries whose commit the append
-// goroutine has not written yet. raft refuses to start with a snapshot past
-// the commit index; the store reports the snapshot's index as committed.
+// leaves it when a snapshot is written before the hard state that covers
+// it. raft refuses to start with a snapshot past the commit index; the
+// store reports the snapshot's index as committed.
 func TestSnapshotPastSavedCommit(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, nil, dir, 0)

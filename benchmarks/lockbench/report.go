@@ -57,21 +57,15 @@ func report(in io.Reader, out io.Writer) error {
 		}
 		// total sums a count over all runs: an error in any run shows.
 		total := func(metric string, get func(result) float64) {
-			sum := func(rs []result) float64 {
+			count := func(rs []result) string {
 				if len(rs) == 0 {
-					return -1
+					return "–"
 				}
 				var t float64
 				for _, r := range rs {
 					t += get(r)
 				}
-				return t
-			}
-			count := func(rs []result) string {
-				if t := sum(rs); t >= 0 {
-					return fmt.Sprintf("%.0f", t)
-				}
-				return "–"
+				return fmt.Sprintf("%.0f", t)
 			}
 			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | | |\n", k.cluster, k.workload, k.c, metric,
 				count(sys["lockd"]), count(sys["etcd"]), count(sys["etcd-v3lock"]))
