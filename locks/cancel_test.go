@@ -93,3 +93,75 @@ func TestCancelByRequestID(t *testing.T) {
 		})
 	})
 }
+
+func cmdAcqTry(lease, req uint64, attempt uint32, names ...string) *statev1.Command {
+	return cmdAcquire(&statev1.Acquire{Names: names, LeaseId: lease, RequestId: req, Attempt: attempt})
+}
+
+func cmdCancelTry(lease, req uint64, attempt uint32) *statev1.Command {
+	return &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: lease, RequestId: req, Attempt: attempt}}}
+}
+
+// A client whose connection to one node broke retries the request on
+// another, numbered as a later try; the first node, seeing its caller gone,
+// cancels its own try. Whatever order the commands reach the table in, the
+// client never holds a lock it was not told of, nor loses one it was told
+// it holds.
+func TestCancelOfAnEarlierTry(t *testing.T) {
+	t.Run("granted to the later try, then the earlier cancelled", func(t *testing.T) {
+		h := newHarness(t)
+		a, b := h.lease(), h.lease()
+		tok := h.hold(a, "x")
+		if h.ok(h.apply(cmdAcqTry(b, 7, 1, "x"))).Granted {
+			t.Fatal("granted while held")
+		}
+		if res := h.ok(h.apply(cmdAcqTry(b, 7, 2, "x"))); !res.Duplicate {
+			t.Fatalf("the retry was not taken for the same request: %+v", res)
+		}
+		h.release(a, "x", tok)
+		if got := h.holders("x"); len(got) != 1 || got[0] != b {
+			t.Fatalf("holders %v, want b", got)
+		}
+		h.unchanged("the cancel of the first try", func() {
+			if res := h.ok(h.apply(cmdCancelTry(b, 7, 1))); !res.Ignored {
+				t.Fatalf("cancel of a superseded try: %+v, want ignored", res)
+			}
+		})
+	})
+	t.Run("the earlier try applied after the later", func(t *testing.T) {
+		h := newHarness(t)
+		b := h.lease()
+		if !h.ok(h.apply(cmdAcqTry(b, 7, 2, "x"))).Granted {
+			t.Fatal("not granted")
+		}
+		h.ok(h.apply(cmdAcqTry(b, 7, 1, "x"))) // a duplicate, late
+		h.unchanged("the cancel of the first try", func() {
+			h.ok(h.apply(cmdCancelTry(b, 7, 1)))
+		})
+	})
+	t.Run("the earlier try cancelled first", func(t *testing.T) {
+		h := newHarness(t)
+		a, b := h.lease(), h.lease()
+		h.hold(a, "x")
+		h.ok(h.apply(cmdAcqTry(b, 7, 1, "x")))
+		h.ok(h.apply(cmdCancelTry(b, 7, 1)))
+		if len(h.waiters("x")) != 0 {
+			t.Fatal("the cancelled try is still queued")
+		}
+		// The later try learns the request was cancelled, and starts anew.
+		h.fails(h.apply(cmdAcqTry(b, 7, 2, "x")), Aborted)
+		if len(h.waiters("x")) != 0 {
+			t.Fatal("the later try of a cancelled request queued")
+		}
+	})
+	t.Run("the latest try cancelled", func(t *testing.T) {
+		h := newHarness(t)
+		b := h.lease()
+		h.ok(h.apply(cmdAcqTry(b, 7, 1, "x")))
+		h.ok(h.apply(cmdAcqTry(b, 7, 2, "x")))
+		h.ok(h.apply(cmdCancelTry(b, 7, 2)))
+		if len(h.holders("x")) != 0 {
+			t.Fatal("the cancelled request still holds x")
+		}
+	})
+}

@@ -26,7 +26,8 @@ type Result struct {
 	// Count is how many waiters or grants a Cancel or ForceRelease removed.
 	Count uint32
 	// Ignored: the command was stale (an expiry from an old term, the end of
-	// a delay that already ended) and changed nothing.
+	// a delay that already ended, the cancel of a try of a request that a
+	// later try superseded) and changed nothing.
 	Ignored bool
 	// Duplicate: the request id was seen before; this is the first result.
 	Duplicate bool

@@ -157,13 +157,13 @@ func (t *Table) apply(data []byte) *Result {
 		return t.endLease(op.ExpireLease.GetLeaseId(), "expired", now)
 	case *statev1.Command_Acquire:
 		a := op.Acquire
-		return t.dedup(cmd, a.GetLeaseId(), a.GetRequestId(), func(l *lease) *Result { return t.acquire(l, a) })
+		return t.dedup(cmd, a.GetLeaseId(), a.GetRequestId(), a.GetAttempt(), func(l *lease) *Result { return t.acquire(l, a) })
 	case *statev1.Command_Release:
 		r := op.Release
-		return t.dedup(cmd, r.GetLeaseId(), r.GetRequestId(), func(l *lease) *Result { return t.release(l, r) })
+		return t.dedup(cmd, r.GetLeaseId(), r.GetRequestId(), 0, func(l *lease) *Result { return t.release(l, r) })
 	case *statev1.Command_SetValue:
 		s := op.SetValue
-		return t.dedup(cmd, s.GetLeaseId(), s.GetRequestId(), func(l *lease) *Result { return t.setValue(l, s) })
+		return t.dedup(cmd, s.GetLeaseId(), s.GetRequestId(), 0, func(l *lease) *Result { return t.setValue(l, s) })
 	case *statev1.Command_Cancel:
 		if err := t.mayUse(cmd, op.Cancel.GetLeaseId()); err != nil {
 			return &Result{Err: err}
@@ -193,8 +193,10 @@ func (t *Table) mayUse(cmd *statev1.Command, leaseID uint64) *Error {
 }
 
 // dedup runs a lease's request once: a request id seen before returns the
-// result it got the first time and changes nothing.
-func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, run func(*lease) *Result) *Result {
+// result it got the first time and changes nothing, but for noting the
+// latest try (attempt) of the request, which a cancel of an earlier try
+// must not undo.
+func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, attempt uint32, run func(*lease) *Result) *Result {
 	l, ok := t.leases[leaseID]
 	if !ok {
 		return &Result{Err: errorf(NotFound, "lease %d not found (it never existed, was revoked or expired)", leaseID)}
@@ -205,6 +207,7 @@ func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, run func(
 	if requestID != 0 {
 		for _, d := range l.dedup {
 			if d.GetRequestId() == requestID {
+				d.Attempt = max(d.GetAttempt(), attempt)
 				res := resultFromProto(d.GetResult())
 				res.Duplicate = true
 				return res
@@ -217,7 +220,7 @@ func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, run func(
 			if len(l.dedup) == dedupPerLease {
 				l.dedup = append(l.dedup[:0], l.dedup[1:]...)
 			}
-			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: requestID, Result: res.toProto()})
+			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: requestID, Result: res.toProto(), Attempt: attempt})
 		}
 	}
 	return res
@@ -659,21 +662,29 @@ func (t *Table) cancel(c *statev1.Cancel) *Result {
 	}
 	waiterID := c.GetWaiterId()
 	if rid := c.GetRequestId(); rid != 0 {
+		var seen *statev1.Dedup
+		for _, d := range l.dedup {
+			if d.GetRequestId() == rid {
+				seen = d
+			}
+		}
+		if seen != nil && seen.GetAttempt() > c.GetAttempt() {
+			// A later try of the request was applied: its client retried,
+			// on another node say, after this try's connection broke, and
+			// was answered by the later try. That answer stands.
+			return &Result{Ignored: true, Revision: t.rev}
+		}
 		// Whatever the request did is undone below, and the request id
 		// answers Aborted from now on, also to an acquire applied later.
 		aborted := (&Result{Err: errorf(Aborted, "request %d of lease %d was cancelled; retry with a new request id", rid, l.id)}).toProto()
-		found := false
-		for _, d := range l.dedup {
-			if d.GetRequestId() == rid {
-				waiterID = d.GetResult().GetWaiterId()
-				d.Result, found = aborted, true
-			}
-		}
-		if !found {
+		if seen != nil {
+			waiterID = seen.GetResult().GetWaiterId()
+			seen.Result, seen.Attempt = aborted, c.GetAttempt()
+		} else {
 			if len(l.dedup) == dedupPerLease {
 				l.dedup = append(l.dedup[:0], l.dedup[1:]...)
 			}
-			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: rid, Result: aborted})
+			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: rid, Result: aborted, Attempt: c.GetAttempt()})
 		}
 		if waiterID == 0 {
 			return &Result{Revision: t.rev}

@@ -41,7 +41,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 		}
 		// The outcome is unknown: cancel the request by its id, so it cannot
 		// take effect later, before answering.
-		if s.cancelRequest(ctx, leaseID, a.GetRequestId(), 0, false) == nil {
+		if s.cancelRequest(ctx, leaseID, a.GetRequestId(), a.GetAttempt(), 0, false) == nil {
 			return nil, connect.NewError(connect.CodeAborted, errors.New("the acquire could not be applied in time and was cancelled; retry with a new request id"))
 		}
 		return nil, err
@@ -50,7 +50,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 	// nobody will be told of the grant. (By the waiter too: the table finds
 	// a request id only among the lease's last requests.)
 	gaveUp := func() error {
-		s.cancelInBackground(ctx, leaseID, a.GetRequestId(), res.WaiterID)
+		s.cancelInBackground(ctx, leaseID, a.GetRequestId(), a.GetAttempt(), res.WaiterID)
 		return ctx.Err()
 	}
 	if ctx.Err() != nil {
@@ -96,7 +96,7 @@ func (s *Server) acquire(ctx context.Context, a *statev1.Acquire, wait *time.Dur
 				return r, err
 			}
 		case <-timeout:
-			if err := s.cancelRequest(ctx, leaseID, a.GetRequestId(), res.WaiterID, true); err != nil {
+			if err := s.cancelRequest(ctx, leaseID, a.GetRequestId(), a.GetAttempt(), res.WaiterID, true); err != nil {
 				return nil, err
 			}
 			return &locks.Result{Revision: s.table.Revision()}, nil
@@ -143,15 +143,17 @@ func (s *Server) waiterOutcome(leaseID uint64, queued *locks.Result, names int) 
 	}
 }
 
-// cancelRequest cancels an acquire by its request id (and its waiter id,
-// when known): it withdraws the waiter it queued, or releases the grant it
-// got, and makes the id answer Aborted from then on. It retries while the cluster is unavailable, for up
-// to a minute (until the server closes, if patient) or ProposeTimeout: a
+// cancelRequest cancels one try (attempt) of an acquire by its request id
+// (and its waiter id, when known): it withdraws the waiter it queued, or
+// releases the grant it got, and makes the id answer Aborted from then on;
+// unless a later try of the request reached the table first, whose answer
+// stands (errSuperseded). It retries while the cluster is unavailable, for
+// up to a minute (until the server closes, if patient) or ProposeTimeout: a
 // waiter left behind would be granted a lock nobody uses until its lease
 // ends. The cancel is proposed as the caller of the acquire (from caller,
 // whose cancellation it outlives), so that it can undo only what that
 // caller may touch: a request id is easy to guess.
-func (s *Server) cancelRequest(caller context.Context, leaseID, requestID, waiterID uint64, patient bool) error {
+func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64, attempt uint32, waiterID uint64, patient bool) error {
 	limit := s.cfg.ProposeTimeout
 	if patient {
 		limit = time.Minute
@@ -163,15 +165,22 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID, waite
 	}
 	backoff := 50 * time.Millisecond
 	for {
-		_, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID, WaiterId: waiterID}}})
+		res, err := s.propose(ctx, &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: leaseID, RequestId: requestID, Attempt: attempt, WaiterId: waiterID}}})
 		if err == nil {
+			if res.Ignored {
+				s.metrics.cancels.WithLabelValues("superseded").Inc()
+				return errSuperseded
+			}
+			s.metrics.cancels.WithLabelValues("done").Inc()
 			return nil
 		}
 		if _, isTable := err.(*locks.Error); isTable {
+			s.metrics.cancels.WithLabelValues("done").Inc()
 			return nil // the lease is gone, and whatever it had with it
 		}
 		select {
 		case <-ctx.Done():
+			s.metrics.cancels.WithLabelValues("failed").Inc()
 			s.log.Warn().Err(err).Uint64("lease", leaseID).Uint64("request", requestID).Msg("could not cancel an acquire; it goes when its lease ends")
 			return err
 		case <-time.After(backoff):
@@ -180,7 +189,13 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID, waite
 	}
 }
 
-// cancelInBackground cancels an acquire whose caller went away.
-func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID, waiterID uint64) {
-	s.goBackground(func() { s.cancelRequest(caller, leaseID, requestID, waiterID, true) })
+// errSuperseded: a later try of the request reached the table before the
+// cancel of an earlier one, which changed nothing. Its caller (if it still
+// listens) finds the later try's answer by retrying the request id.
+var errSuperseded = connect.NewError(connect.CodeUnavailable,
+	errors.New("a later try of this request was applied first; retry with the same request id for its answer"))
+
+// cancelInBackground cancels a try of an acquire whose caller went away.
+func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID uint64, attempt uint32, waiterID uint64) {
+	s.goBackground(func() { s.cancelRequest(caller, leaseID, requestID, attempt, waiterID, true) })
 }

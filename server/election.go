@@ -34,7 +34,9 @@ func (h *electionHandler) Campaign(ctx context.Context, req *connect.Request[loc
 	if len(m.GetValue()) > locks.MaxValueBytes {
 		return nil, invalid("value is %d bytes, more than the limit of %d", len(m.GetValue()), locks.MaxValueBytes)
 	}
-	res, err := h.s.acquire(ctx, election.Campaign(m.GetName(), m.GetLeaseId(), m.GetRequestId(), m.GetValue()), nil, nil)
+	a := election.Campaign(m.GetName(), m.GetLeaseId(), m.GetRequestId(), m.GetValue())
+	a.Attempt = m.GetAttempt()
+	res, err := h.s.acquire(ctx, a, nil, nil)
 	if err != nil {
 		return nil, toConnect(err)
 	}

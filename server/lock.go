@@ -76,6 +76,7 @@ func (h *lockHandler) acquire(ctx context.Context, m *lockdv1.AcquireRequest, de
 		Names:       names,
 		LeaseId:     m.GetLeaseId(),
 		RequestId:   m.GetRequestId(),
+		Attempt:     m.GetAttempt(),
 		Try:         wait != nil && *wait == 0,
 		Mode:        int32(m.GetMode()),
 		Capacity:    m.GetCapacity(),

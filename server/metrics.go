@@ -29,6 +29,7 @@ type metrics struct {
 	releases *prometheus.CounterVec
 	delays   *prometheus.CounterVec
 	leases   *prometheus.CounterVec
+	cancels  *prometheus.CounterVec
 
 	mu    sync.Mutex
 	named map[string]bool // namespaces with a label of their own
@@ -55,10 +56,13 @@ func newMetrics(table *locks.Table, reg prometheus.Registerer) *metrics {
 		leases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lockd_lease_events_total", Help: "Leases granted and ended: event granted, or ended with reason revoked or expired.",
 		}, []string{"event"}),
+		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockd_acquire_cancels_total", Help: "Acquires this node withdrew (their callers went away, their waits ran out, or their outcome was unknown), by outcome: done, superseded (a later try of the request, a client's retry, was applied first and stands), failed (could not be applied in time).",
+		}, []string{"outcome"}),
 		named: map[string]bool{},
 	}
 	if reg != nil {
-		reg.MustRegister(m.rpc, m.streams, m.grants, m.releases, m.delays, m.leases, newTableCollector(table, m))
+		reg.MustRegister(m.rpc, m.streams, m.grants, m.releases, m.delays, m.leases, m.cancels, newTableCollector(table, m))
 	}
 	return m
 }

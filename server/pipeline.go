@@ -118,8 +118,13 @@ type openCall struct {
 	cancelled bool // its client gave it up
 }
 
-// grantRef is what undoes a grant: its lease, request and waiter.
-type grantRef struct{ lease, request, waiter uint64 }
+// grantRef is what undoes a grant: its lease, request (and try of it) and
+// waiter.
+type grantRef struct {
+	lease, request uint64
+	attempt        uint32
+	waiter         uint64
+}
 
 // serve starts the calls the client sends until the stream ends, and says
 // why it did.
@@ -164,7 +169,7 @@ func (p *pipeline) cancel(id uint64) {
 		// its withdrawal (the holder hears of it as lost, should it have
 		// taken the lock again meanwhile).
 		delete(p.granted, id)
-		p.h.s.cancelInBackground(p.ctx, g.lease, g.request, g.waiter)
+		p.h.s.cancelInBackground(p.ctx, g.lease, g.request, g.attempt, g.waiter)
 	}
 }
 
@@ -203,12 +208,12 @@ func (p *pipeline) start(c *lockdv1.PipelineCall) {
 		cancelled := p.open[id].cancelled
 		delete(p.open, id)
 		if a := c.GetAcquire(); err == nil && res.GetAcquire().GetGranted() {
-			ref := grantRef{a.GetLeaseId(), a.GetRequestId(), waiter}
+			ref := grantRef{a.GetLeaseId(), a.GetRequestId(), a.GetAttempt(), waiter}
 			switch {
 			case cancelled:
 				// Granted as the cancel came in: the client no longer
 				// listens for the answer.
-				p.h.s.cancelInBackground(p.ctx, ref.lease, ref.request, ref.waiter)
+				p.h.s.cancelInBackground(p.ctx, ref.lease, ref.request, ref.attempt, ref.waiter)
 				res, err = nil, connect.NewError(connect.CodeCanceled, errors.New("the call was cancelled"))
 			case waiter != 0:
 				p.rememberGrant(id, ref)

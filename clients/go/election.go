@@ -44,6 +44,7 @@ func (e *Election) Campaign(ctx context.Context, value []byte) error {
 	var resp *lockdv1.CampaignResponse
 	for {
 		err := e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+			req.Attempt++ // numbered as Mutex.Lock numbers its tries
 			r, err := ep.election.Campaign(ctx, connect.NewRequest(req))
 			if err == nil {
 				resp = r.Msg
@@ -51,7 +52,7 @@ func (e *Election) Campaign(ctx context.Context, value []byte) error {
 			return err
 		})
 		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
-			req.RequestId = e.s.nextRequestID() // cancelled by the server; see Mutex.Lock
+			req.RequestId, req.Attempt = e.s.nextRequestID(), 0 // cancelled by the server; see Mutex.Lock
 			continue
 		}
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -154,9 +155,17 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 	for {
 		// The same request id on every retry: a retry after a lost reply
 		// finds the first attempt's waiter or grant instead of queueing
-		// again.
+		// again. Each try is numbered, so that the node of an abandoned
+		// try, withdrawing it, cannot undo what a later try got.
+		try := req
 		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-			r, err := e.acquire(ctx, req)
+			if try.Attempt > 0 {
+				// A new message: the last one may still sit in a stream's
+				// queue, read by its sender.
+				try = proto.Clone(try).(*lockdv1.AcquireRequest)
+			}
+			try.Attempt++
+			r, err := e.acquire(ctx, try)
 			if err == nil {
 				resp = r
 			}
@@ -165,7 +174,8 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
 			// The server cancelled the request (it could not learn its
 			// outcome in time): start again with a new id.
-			req.RequestId = m.s.nextRequestID()
+			req = proto.Clone(req).(*lockdv1.AcquireRequest)
+			req.RequestId, req.Attempt = m.s.nextRequestID(), 0
 			continue
 		}
 		if err != nil {

@@ -623,6 +623,85 @@ func TestAPIReentrancyAndRetry(t *testing.T) {
 	}
 }
 
+// A client whose connection to a follower broke retries its acquire on the
+// leader, the same request numbered as a later try, and is granted. The
+// follower, cut off meanwhile, withdraws the first try when it can reach the
+// leader again: that must not undo the grant the client was told of. (The
+// nemesis found it: a node paused with a caller's stream open woke up and
+// released the lock the caller had meanwhile been granted through another.)
+func TestAPIAbandonedTryDoesNotUndoARetry(t *testing.T) {
+	links := []*cutLinks{{}, {}, {}}
+	ins := startInstancesWith(t, 3, func(i int) node.Faults { return links[i] })
+	leader := waitLeader(t, ins)
+	f := 0
+	for ins[f] == leader {
+		f++
+	}
+	cl, cf := newClients(leader.url()), newClients(ins[f].url())
+	a := grant(t, cl, 10*time.Second, "a")
+	b := grant(t, cl, 10*time.Second, "b")
+	defer keepAlive(t, cl, a, 200*time.Millisecond)()
+	defer keepAlive(t, cl, b, 200*time.Millisecond)()
+	if _, err := acquire(context.Background(), cl, &lockdv1.AcquireRequest{Name: "x", LeaseId: a}); err != nil {
+		t.Fatal(err)
+	}
+	first, abandon := context.WithCancel(context.Background())
+	defer abandon()
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := acquire(first, cf, &lockdv1.AcquireRequest{Name: "x", LeaseId: b, RequestId: 11, Attempt: 1})
+		firstDone <- err
+	}()
+	eventually(t, 5*time.Second, "b queued", func() error {
+		if n := len(describe(t, cl, "x").GetWaiters()); n != 1 {
+			return fmt.Errorf("%d waiters", n)
+		}
+		return nil
+	})
+	// The follower is cut off, and the client gives up on it and retries
+	// on the leader.
+	links[f].cut.Store(true)
+	abandon()
+	<-firstDone
+	type answer struct {
+		r   *lockdv1.AcquireResponse
+		err error
+	}
+	retried := make(chan answer, 1)
+	go func() {
+		r, err := acquire(context.Background(), cl, &lockdv1.AcquireRequest{Name: "x", LeaseId: b, RequestId: 11, Attempt: 2})
+		retried <- answer{r, err}
+	}()
+	if _, err := cl.lock.Release(context.Background(), connect.NewRequest(&lockdv1.ReleaseRequest{Name: "x", LeaseId: a})); err != nil {
+		t.Fatal(err)
+	}
+	var got answer
+	select {
+	case got = <-retried:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the retry was not answered")
+	}
+	if got.err != nil || !got.r.GetGranted() {
+		t.Fatalf("the retry: %v %v, want granted", got.r, got.err)
+	}
+	// The follower's withdrawal of the first try now reaches the leader.
+	links[f].cut.Store(false)
+	eventually(t, 30*time.Second, "the first try withdrawn", func() error {
+		m := scrape(t, ins[f].url())
+		if m[`lockd_acquire_cancels_total{outcome="done"}`]+m[`lockd_acquire_cancels_total{outcome="superseded"}`] == 0 {
+			return errors.New("no withdrawal applied yet")
+		}
+		return nil
+	})
+	fence, err := cl.lock.CheckFence(context.Background(), connect.NewRequest(&lockdv1.CheckFenceRequest{Name: "x", Token: got.r.GetToken()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fence.Msg.GetValid() {
+		t.Fatalf("the withdrawal of an abandoned try released the grant its retry was told of (holders now %v)", describe(t, cl, "x").GetHolders())
+	}
+}
+
 func TestAPILeaseExpiryAndEvents(t *testing.T) {
 	ins := startInstances(t, 1)
 	c := newClients(ins[0].url())

@@ -505,7 +505,13 @@ type AcquireRequest struct {
 	// nobody is granted. Set by the acquire that creates the lock.
 	LockDelay *durationpb.Duration `protobuf:"bytes,8,opt,name=lock_delay,json=lockDelay,proto3" json:"lock_delay,omitempty"`
 	// A value stored with the grant, shown by Describe (at most 4 KiB).
-	Value         []byte `protobuf:"bytes,9,opt,name=value,proto3" json:"value,omitempty"`
+	Value []byte `protobuf:"bytes,9,opt,name=value,proto3" json:"value,omitempty"`
+	// Which try of request_id this is, counting from 1 (0 counts as 1). A
+	// node whose caller went away (a broken connection looks the same as a
+	// caller that gave up) undoes the request, unless a later try of it has
+	// reached the lock table: a client that retries on another node after a
+	// broken connection keeps what the retry got. Number every retry.
+	Attempt       uint32 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -601,6 +607,13 @@ func (x *AcquireRequest) GetValue() []byte {
 		return x.Value
 	}
 	return nil
+}
+
+func (x *AcquireRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 type AcquireResponse struct {
@@ -1635,7 +1648,7 @@ const file_lockd_v1_lock_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"leader_url\x18\x03 \x01(\tR\tleaderUrl\"\xb1\x02\n" +
+	"leader_url\x18\x03 \x01(\tR\tleaderUrl\"\xcb\x02\n" +
 	"\x0eAcquireRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x1d\n" +
@@ -1647,7 +1660,9 @@ const file_lockd_v1_lock_proto_rawDesc = "" +
 	"\x04also\x18\a \x03(\tR\x04also\x128\n" +
 	"\n" +
 	"lock_delay\x18\b \x01(\v2\x19.google.protobuf.DurationR\tlockDelay\x12\x14\n" +
-	"\x05value\x18\t \x01(\fR\x05value\"\xcf\x01\n" +
+	"\x05value\x18\t \x01(\fR\x05value\x12\x18\n" +
+	"\aattempt\x18\n" +
+	" \x01(\rR\aattempt\"\xcf\x01\n" +
 	"\x0fAcquireResponse\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\bR\agranted\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x1a\n" +

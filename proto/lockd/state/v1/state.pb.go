@@ -410,11 +410,13 @@ type Acquire struct {
 	LeaseId   uint64   `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	RequestId uint64   `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Grant now or not at all; never queue.
-	Try           bool   `protobuf:"varint,4,opt,name=try,proto3" json:"try,omitempty"`
-	Mode          int32  `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
-	Capacity      uint32 `protobuf:"varint,6,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	LockDelayMs   int64  `protobuf:"varint,7,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
-	Value         []byte `protobuf:"bytes,8,opt,name=value,proto3" json:"value,omitempty"`
+	Try         bool   `protobuf:"varint,4,opt,name=try,proto3" json:"try,omitempty"`
+	Mode        int32  `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	Capacity    uint32 `protobuf:"varint,6,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	LockDelayMs int64  `protobuf:"varint,7,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
+	Value       []byte `protobuf:"bytes,8,opt,name=value,proto3" json:"value,omitempty"`
+	// The client's try of request_id (AcquireRequest.attempt).
+	Attempt       uint32 `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -505,6 +507,13 @@ func (x *Acquire) GetValue() []byte {
 	return nil
 }
 
+func (x *Acquire) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 type Release struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -577,12 +586,16 @@ func (x *Release) GetRequestId() uint64 {
 // got is released, so a caller told "not granted" never holds the lock.
 // With request_id it cancels whatever the acquire with that request id did,
 // and makes that request id answer Aborted from then on, so an acquire whose
-// outcome the server could not learn cannot take effect later.
+// outcome the server could not learn cannot take effect later. A cancel of
+// one try of a request is ignored once a later try of it has been applied:
+// the client retried elsewhere, and the later try's answer stands.
 type Cancel struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseId       uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	WaiterId      uint64                 `protobuf:"varint,2,opt,name=waiter_id,json=waiterId,proto3" json:"waiter_id,omitempty"`
-	RequestId     uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId   uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	WaiterId  uint64                 `protobuf:"varint,2,opt,name=waiter_id,json=waiterId,proto3" json:"waiter_id,omitempty"`
+	RequestId uint64                 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The try of request_id being cancelled.
+	Attempt       uint32 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +647,13 @@ func (x *Cancel) GetWaiterId() uint64 {
 func (x *Cancel) GetRequestId() uint64 {
 	if x != nil {
 		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Cancel) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -1104,9 +1124,11 @@ func (x *Lease) GetPrincipal() string {
 }
 
 type Dedup struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Result        *Result                `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Result    *Result                `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	// The latest try of the request applied (acquires only).
+	Attempt       uint32 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1153,6 +1175,13 @@ func (x *Dedup) GetResult() *Result {
 		return x.Result
 	}
 	return nil
+}
+
+func (x *Dedup) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 type Lock struct {
@@ -1445,7 +1474,7 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\"<\n" +
 	"\vExpireLease\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"\xd5\x01\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\xef\x01\n" +
 	"\aAcquire\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x1d\n" +
@@ -1455,18 +1484,20 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\x04mode\x18\x05 \x01(\x05R\x04mode\x12\x1a\n" +
 	"\bcapacity\x18\x06 \x01(\rR\bcapacity\x12\"\n" +
 	"\rlock_delay_ms\x18\a \x01(\x03R\vlockDelayMs\x12\x14\n" +
-	"\x05value\x18\b \x01(\fR\x05value\"m\n" +
+	"\x05value\x18\b \x01(\fR\x05value\x12\x18\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\"m\n" +
 	"\aRelease\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\x04R\x05token\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x04 \x01(\x04R\trequestId\"_\n" +
+	"request_id\x18\x04 \x01(\x04R\trequestId\"y\n" +
 	"\x06Cancel\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\x1b\n" +
 	"\twaiter_id\x18\x02 \x01(\x04R\bwaiterId\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\x04R\trequestId\"P\n" +
+	"request_id\x18\x03 \x01(\x04R\trequestId\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\"P\n" +
 	"\fForceRelease\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x16\n" +
@@ -1503,11 +1534,12 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12)\n" +
 	"\x10granted_revision\x18\x04 \x01(\x04R\x0fgrantedRevision\x12+\n" +
 	"\x05dedup\x18\x05 \x03(\v2\x15.lockd.state.v1.DedupR\x05dedup\x12\x1c\n" +
-	"\tprincipal\x18\x06 \x01(\tR\tprincipal\"V\n" +
+	"\tprincipal\x18\x06 \x01(\tR\tprincipal\"p\n" +
 	"\x05Dedup\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12.\n" +
-	"\x06result\x18\x02 \x01(\v2\x16.lockd.state.v1.ResultR\x06result\"\xa3\x02\n" +
+	"\x06result\x18\x02 \x01(\v2\x16.lockd.state.v1.ResultR\x06result\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\"\xa3\x02\n" +
 	"\x04Lock\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\rR\bcapacity\x12\"\n" +
