@@ -1,6 +1,7 @@
 package locks
 
 import (
+	"fmt"
 	"testing"
 
 	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
@@ -152,6 +153,47 @@ func TestCancelOfAnEarlierTry(t *testing.T) {
 		h.fails(h.apply(cmdAcqTry(b, 7, 2, "x")), Aborted)
 		if len(h.waiters("x")) != 0 {
 			t.Fatal("the later try of a cancelled request queued")
+		}
+	})
+	t.Run("the request forgotten, and the table restored from a snapshot", func(t *testing.T) {
+		h := newHarness(t)
+		a, b := h.lease(), h.lease()
+		tok := h.hold(a, "x")
+		w := h.ok(h.apply(cmdAcqTry(b, 7, 1, "x"))).WaiterID
+		h.ok(h.apply(cmdAcqTry(b, 7, 2, "x")))
+		h.release(a, "x", tok)
+		// The lease's later requests push request 7 out of its memory.
+		for i := range uint64(dedupPerLease) {
+			h.ok(h.apply(cmdAcqReq(b, 100+i, fmt.Sprintf("other/%d", i))))
+		}
+		restored := NewTable()
+		if err := restored.Restore(h.snap()); err != nil {
+			t.Fatal(err)
+		}
+		h.tab = restored
+		cancel := &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: b, RequestId: 7, Attempt: 1, WaiterId: w}}}
+		h.unchanged("the cancel of the first try", func() {
+			if res := h.ok(h.apply(cancel)); !res.Ignored {
+				t.Fatalf("cancel of a superseded try: %+v, want ignored", res)
+			}
+		})
+		if got := h.holders("x"); len(got) != 1 || got[0] != b {
+			t.Fatalf("holders %v, want b", got)
+		}
+	})
+	t.Run("a grant another request was told of", func(t *testing.T) {
+		h := newHarness(t)
+		b := h.lease()
+		w := h.ok(h.apply(cmdAcqTry(b, 7, 1, "x"))).WaiterID
+		// Another request of the lease (another goroutine of its session)
+		// acquires the lock it holds, and is told it holds it.
+		if !h.ok(h.apply(cmdAcqTry(b, 8, 1, "x"))).Granted {
+			t.Fatal("a reentrant acquire was not granted")
+		}
+		cancel := &statev1.Command{Op: &statev1.Command_Cancel{Cancel: &statev1.Cancel{LeaseId: b, RequestId: 7, Attempt: 1, WaiterId: w}}}
+		h.ok(h.apply(cancel))
+		if got := h.holders("x"); len(got) != 1 || got[0] != b {
+			t.Fatalf("holders %v: the withdrawal of one request released a grant another was told of", got)
 		}
 	})
 	t.Run("the latest try cancelled", func(t *testing.T) {

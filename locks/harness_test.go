@@ -142,7 +142,8 @@ func snapText(b []byte) string {
 }
 
 // lockState returns a snapshot without what is not lock or lease state:
-// every lease's remembered results and the highest raft term seen.
+// every lease's remembered results, the tries of requests told of waiters
+// and grants, and the highest raft term seen.
 func lockState(t testing.TB, b []byte) []byte {
 	t.Helper()
 	s := new(statev1.Snapshot)
@@ -152,6 +153,14 @@ func lockState(t testing.TB, b []byte) []byte {
 	s.Term = 0
 	for _, l := range s.GetLeases() {
 		l.Dedup = nil
+	}
+	for _, w := range s.GetWaiters() {
+		w.Attempt = 0
+	}
+	for _, lk := range s.GetLocks() {
+		for _, h := range lk.GetHolders() {
+			h.Attempt = 0
+		}
 	}
 	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
 	if err != nil {

@@ -47,7 +47,7 @@ func (t *Table) Snapshot() ([]byte, error) {
 			DelayedUntilUnixNano: l.delayedUntil, DelayReason: l.delayReason, DelayRevision: l.delayRev}
 		holders = slices.Grow(holders[:0], len(l.holders))[:len(l.holders)]
 		for i, h := range l.holders {
-			holders[i] = statev1.Holder{LeaseId: h.lease.id, Token: h.token, Mode: int32(h.mode), Value: h.value, WaiterId: h.waiterID}
+			holders[i] = statev1.Holder{LeaseId: h.lease.id, Token: h.token, Mode: int32(h.mode), Value: h.value, WaiterId: h.waiterID, Attempt: h.attempt, RequestId: h.requestID}
 			lk.Holders = append(lk.Holders, &holders[i])
 		}
 		for _, w := range l.queue {
@@ -59,7 +59,7 @@ func (t *Table) Snapshot() ([]byte, error) {
 	}
 	var pw statev1.Waiter
 	for _, w := range sortedWaiters(t.waiters) {
-		pw = statev1.Waiter{Id: w.id, LeaseId: w.lease.id, Names: w.names, Mode: int32(w.mode), Value: w.value, RequestId: w.requestID}
+		pw = statev1.Waiter{Id: w.id, LeaseId: w.lease.id, Names: w.names, Mode: int32(w.mode), Value: w.value, RequestId: w.requestID, Attempt: w.attempt}
 		if err := e.message(5, &pw); err != nil {
 			return nil, err
 		}
@@ -110,7 +110,7 @@ func (t *Table) Restore(data []byte) error {
 		if !ok {
 			return fmt.Errorf("locks: snapshot waiter %d of unknown lease %d", pw.GetId(), pw.GetLeaseId())
 		}
-		w := &waiter{id: pw.GetId(), lease: l, names: pw.GetNames(), mode: Mode(pw.GetMode()), value: pw.GetValue(), requestID: pw.GetRequestId()}
+		w := &waiter{id: pw.GetId(), lease: l, names: pw.GetNames(), mode: Mode(pw.GetMode()), attempt: pw.GetAttempt(), value: pw.GetValue(), requestID: pw.GetRequestId()}
 		n.waiters[w.id] = w
 		l.waits[w.id] = w
 	}
@@ -122,7 +122,7 @@ func (t *Table) Restore(data []byte) error {
 			if !ok {
 				return fmt.Errorf("locks: snapshot holder of %q has unknown lease %d", lk.name, ph.GetLeaseId())
 			}
-			h := &holder{lease: l, token: ph.GetToken(), mode: Mode(ph.GetMode()), value: ph.GetValue(), waiterID: ph.GetWaiterId()}
+			h := &holder{lease: l, token: ph.GetToken(), mode: Mode(ph.GetMode()), attempt: ph.GetAttempt(), value: ph.GetValue(), waiterID: ph.GetWaiterId(), requestID: ph.GetRequestId()}
 			lk.holders = append(lk.holders, h)
 			l.holds[lk.name] = h
 		}

@@ -1,6 +1,7 @@
 package locks
 
 import (
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -56,17 +57,26 @@ type waiter struct {
 	lease     *lease
 	names     []string
 	mode      Mode
+	attempt   uint32 // the latest try of requestID told of the waiter
 	value     []byte
 	requestID uint64
 }
 
 type holder struct {
-	lease    *lease
-	token    uint64
-	mode     Mode
-	value    []byte
-	waiterID uint64 // the waiter it was granted to; 0 if granted at once
+	lease *lease
+	token uint64
+	mode  Mode
+	// attempt is the latest try of requestID told of the grant, or
+	// pinned: a withdrawal of an earlier try must not undo it.
+	attempt   uint32
+	value     []byte
+	waiterID  uint64 // the waiter it was granted to; 0 if granted at once
+	requestID uint64 // the request that queued that waiter
 }
+
+// pinned marks a grant that another request was told of (a reentrant
+// acquire): only a release or the end of its lease ends it.
+const pinned = math.MaxUint32
 
 type lock struct {
 	name         string
@@ -207,7 +217,10 @@ func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, attempt u
 	if requestID != 0 {
 		for _, d := range l.dedup {
 			if d.GetRequestId() == requestID {
-				d.Attempt = max(d.GetAttempt(), attempt)
+				if attempt > d.GetAttempt() {
+					d.Attempt = attempt
+					t.raiseTry(l, d.GetResult().GetWaiterId(), requestID, attempt)
+				}
 				res := resultFromProto(d.GetResult())
 				res.Duplicate = true
 				return res
@@ -224,6 +237,22 @@ func (t *Table) dedup(cmd *statev1.Command, leaseID, requestID uint64, attempt u
 		}
 	}
 	return res
+}
+
+// raiseTry notes that try attempt of request was told of the lease's
+// waiter waiterID, or of the grant it became.
+func (t *Table) raiseTry(l *lease, waiterID, request uint64, attempt uint32) {
+	if waiterID == 0 {
+		return
+	}
+	if w, ok := l.waits[waiterID]; ok && w.requestID == request {
+		w.attempt = max(w.attempt, attempt)
+	}
+	for _, h := range l.holds {
+		if h.waiterID == waiterID && h.requestID == request && h.attempt != pinned {
+			h.attempt = max(h.attempt, attempt)
+		}
+	}
 }
 
 func (t *Table) next() uint64 {
@@ -332,7 +361,17 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 	if held == len(names) {
 		res := &Result{Granted: true, Revision: t.rev}
 		for _, n := range names {
-			res.Tokens = append(res.Tokens, l.holds[n].token)
+			h := l.holds[n]
+			res.Tokens = append(res.Tokens, h.token)
+			switch {
+			case h.attempt == pinned:
+			case h.requestID == a.GetRequestId() && h.waiterID != 0:
+				h.attempt = max(h.attempt, a.GetAttempt()) // a retry
+			default:
+				// Another request is told it holds the lock: withdrawing
+				// the request that queued for it must not release it.
+				h.attempt = pinned
+			}
 		}
 		return res
 	}
@@ -348,6 +387,9 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 	var overlap *waiter
 	for _, w := range l.waits {
 		if sameNames(w.names, names) {
+			if w.requestID == a.GetRequestId() {
+				w.attempt = max(w.attempt, a.GetAttempt()) // a retry
+			}
 			return &Result{Revision: t.rev, WaiterID: w.id, Position: t.position(w)}
 		}
 		if overlap != nil && overlap.id < w.id {
@@ -384,7 +426,7 @@ func (t *Table) acquire(l *lease, a *statev1.Acquire) *Result {
 			}
 		}
 	}
-	w := &waiter{id: t.next(), lease: l, names: names, mode: mode, value: a.GetValue(), requestID: a.GetRequestId()}
+	w := &waiter{id: t.next(), lease: l, names: names, mode: mode, attempt: a.GetAttempt(), value: a.GetValue(), requestID: a.GetRequestId()}
 	for _, n := range names {
 		lk, ok := t.locks[n]
 		if !ok {
@@ -548,7 +590,7 @@ func (t *Table) grant(w *waiter) {
 		lk := t.locks[n]
 		lk.dequeue(w)
 		t.unwait(n)
-		h := &holder{lease: w.lease, token: token, mode: w.mode, value: w.value, waiterID: w.id}
+		h := &holder{lease: w.lease, token: token, mode: w.mode, attempt: w.attempt, value: w.value, waiterID: w.id, requestID: w.requestID}
 		lk.holders = append(lk.holders, h)
 		w.lease.holds[n] = h
 		t.emit(Event{Type: Granted, Name: n, LeaseID: w.lease.id, Token: token, WaiterID: w.id})
@@ -660,53 +702,78 @@ func (t *Table) cancel(c *statev1.Cancel) *Result {
 	if !ok {
 		return &Result{Err: errorf(NotFound, "lease %d not found", c.GetLeaseId())}
 	}
+	rid, try := c.GetRequestId(), c.GetAttempt()
+	var seen *statev1.Dedup
+	for _, d := range l.dedup {
+		if rid != 0 && d.GetRequestId() == rid {
+			seen = d
+		}
+	}
 	waiterID := c.GetWaiterId()
-	if rid := c.GetRequestId(); rid != 0 {
-		var seen *statev1.Dedup
-		for _, d := range l.dedup {
-			if d.GetRequestId() == rid {
-				seen = d
+	if seen != nil {
+		waiterID = seen.GetResult().GetWaiterId()
+	}
+	// A later try of the request may have been applied: its client
+	// retried, on another node say, after this try's connection broke, and
+	// was answered by the later try; or another request of the lease was
+	// told of the grant. That answer stands, and this cancel changes
+	// nothing. The waiter and its grants remember their tries, for when the
+	// request's own record has been forgotten (a lease keeps its last
+	// dedupPerLease).
+	ignored := &Result{Ignored: true, Revision: t.rev}
+	later := func(request uint64, attempt uint32) bool {
+		return attempt == pinned || (request == rid && attempt > try)
+	}
+	if seen != nil && seen.GetAttempt() > try {
+		return ignored
+	}
+	w, queued := l.waits[waiterID]
+	if queued && later(w.requestID, w.attempt) {
+		return ignored
+	}
+	// If the grant won the race with the withdrawal, it is released, so
+	// that a caller told it failed never holds the lock.
+	var undo []string
+	if !queued && waiterID != 0 {
+		spared := false
+		for _, name := range sortedKeys(l.holds) {
+			h := l.holds[name]
+			switch {
+			case h.waiterID != waiterID:
+			case later(h.requestID, h.attempt):
+				spared = true
+			default:
+				undo = append(undo, name)
 			}
 		}
-		if seen != nil && seen.GetAttempt() > c.GetAttempt() {
-			// A later try of the request was applied: its client retried,
-			// on another node say, after this try's connection broke, and
-			// was answered by the later try. That answer stands.
-			return &Result{Ignored: true, Revision: t.rev}
+		if spared && len(undo) == 0 {
+			return ignored
 		}
+	}
+	if rid != 0 {
 		// Whatever the request did is undone below, and the request id
 		// answers Aborted from now on, also to an acquire applied later.
 		aborted := (&Result{Err: errorf(Aborted, "request %d of lease %d was cancelled; retry with a new request id", rid, l.id)}).toProto()
 		if seen != nil {
-			waiterID = seen.GetResult().GetWaiterId()
-			seen.Result, seen.Attempt = aborted, c.GetAttempt()
+			seen.Result, seen.Attempt = aborted, try
 		} else {
 			if len(l.dedup) == dedupPerLease {
 				l.dedup = append(l.dedup[:0], l.dedup[1:]...)
 			}
-			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: rid, Result: aborted, Attempt: c.GetAttempt()})
-		}
-		if waiterID == 0 {
-			return &Result{Revision: t.rev}
+			l.dedup = append(l.dedup, &statev1.Dedup{RequestId: rid, Result: aborted, Attempt: try})
 		}
 	}
-	if w, ok := l.waits[waiterID]; ok {
+	if queued {
 		t.next()
 		t.grantAll(t.unqueue(w, "withdrawn"))
 		return &Result{Revision: t.rev, Count: 1}
 	}
-	// The grant won the race with the withdrawal: release it, so that a
-	// caller told it failed never holds the lock.
 	var touched []*lock
-	for _, name := range sortedKeys(l.holds) {
-		h := l.holds[name]
-		if waiterID == 0 || h.waiterID != waiterID {
-			continue
-		}
-		if len(touched) == 0 {
+	for i, name := range undo {
+		if i == 0 {
 			t.next()
 		}
-		lk := t.locks[name]
+		h, lk := l.holds[name], t.locks[name]
 		t.removeHolder(lk, h)
 		t.emit(Event{Type: Released, Name: name, LeaseID: l.id, Token: h.token, Reason: "withdrawn"})
 		touched = append(touched, lk)

@@ -185,7 +185,9 @@ func TestPeerSenderReconnectsAndBounds(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("send blocked for %v on a full queue", took)
 	}
-	if n := len(unreachable); n < peerQueueLen-maxBatch {
+	// The sender may take a batch or two off the queue (to fail to dial)
+	// while the burst goes in; the rest beyond the queue is dropped.
+	if n := len(unreachable); n < peerQueueLen-2*maxBatch {
 		t.Errorf("%d drops reported for a burst of %d into a queue of %d", n, len(burst), peerQueueLen)
 	}
 }

@@ -174,9 +174,13 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64
 			s.metrics.cancels.WithLabelValues("done").Inc()
 			return nil
 		}
-		if _, isTable := err.(*locks.Error); isTable {
-			s.metrics.cancels.WithLabelValues("done").Inc()
-			return nil // the lease is gone, and whatever it had with it
+		if te, isTable := err.(*locks.Error); isTable {
+			if te.Code == locks.NotFound {
+				s.metrics.cancels.WithLabelValues("done").Inc()
+				return nil // the lease is gone, and whatever it had with it
+			}
+			s.metrics.cancels.WithLabelValues("refused").Inc()
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -192,8 +196,8 @@ func (s *Server) cancelRequest(caller context.Context, leaseID, requestID uint64
 // errSuperseded: a later try of the request reached the table before the
 // cancel of an earlier one, which changed nothing. Its caller (if it still
 // listens) finds the later try's answer by retrying the request id.
-var errSuperseded = connect.NewError(connect.CodeUnavailable,
-	errors.New("a later try of this request was applied first; retry with the same request id for its answer"))
+var errSuperseded = shared(connect.NewError(connect.CodeUnavailable,
+	errors.New("a later try of this request was applied first; retry with the same request id for its answer")))
 
 // cancelInBackground cancels a try of an acquire whose caller went away.
 func (s *Server) cancelInBackground(caller context.Context, leaseID, requestID uint64, attempt uint32, waiterID uint64) {

@@ -57,7 +57,7 @@ func newMetrics(table *locks.Table, reg prometheus.Registerer) *metrics {
 			Name: "lockd_lease_events_total", Help: "Leases granted and ended: event granted, or ended with reason revoked or expired.",
 		}, []string{"event"}),
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lockd_acquire_cancels_total", Help: "Acquires this node withdrew (their callers went away, their waits ran out, or their outcome was unknown), by outcome: done, superseded (a later try of the request, a client's retry, was applied first and stands), failed (could not be applied in time).",
+			Name: "lockd_acquire_cancels_total", Help: "Acquires this node withdrew (their callers went away, their waits ran out, or their outcome was unknown), by outcome: done, superseded (a later try of the request, a client's retry, was applied first and stands), refused (by the table: not the caller's lease), failed (could not be applied in time).",
 		}, []string{"outcome"}),
 		named: map[string]bool{},
 	}

@@ -652,8 +652,8 @@ func TestAPIAbandonedTryDoesNotUndoARetry(t *testing.T) {
 		_, err := acquire(first, cf, &lockdv1.AcquireRequest{Name: "x", LeaseId: b, RequestId: 11, Attempt: 1})
 		firstDone <- err
 	}()
-	eventually(t, 5*time.Second, "b queued", func() error {
-		if n := len(describe(t, cl, "x").GetWaiters()); n != 1 {
+	eventually(t, 5*time.Second, "b queued, as the follower knows", func() error {
+		if n := len(describe(t, cf, "x").GetWaiters()); n != 1 {
 			return fmt.Errorf("%d waiters", n)
 		}
 		return nil
@@ -688,6 +688,9 @@ func TestAPIAbandonedTryDoesNotUndoARetry(t *testing.T) {
 	links[f].cut.Store(false)
 	eventually(t, 30*time.Second, "the first try withdrawn", func() error {
 		m := scrape(t, ins[f].url())
+		if n := m[`lockd_acquire_cancels_total{outcome="failed"}`]; n > 0 {
+			t.Fatalf("the follower gave up withdrawing the first try")
+		}
 		if m[`lockd_acquire_cancels_total{outcome="done"}`]+m[`lockd_acquire_cancels_total{outcome="superseded"}`] == 0 {
 			return errors.New("no withdrawal applied yet")
 		}

@@ -506,7 +506,7 @@ type AcquireRequest struct {
 	LockDelay *durationpb.Duration `protobuf:"bytes,8,opt,name=lock_delay,json=lockDelay,proto3" json:"lock_delay,omitempty"`
 	// A value stored with the grant, shown by Describe (at most 4 KiB).
 	Value []byte `protobuf:"bytes,9,opt,name=value,proto3" json:"value,omitempty"`
-	// Which try of request_id this is, counting from 1 (0 counts as 1). A
+	// Which try of request_id this is, counting from 1 (0 = unnumbered). A
 	// node whose caller went away (a broken connection looks the same as a
 	// caller that gave up) undoes the request, unless a later try of it has
 	// reached the lock table: a client that retries on another node after a

@@ -1286,12 +1286,18 @@ func (x *Lock) GetQueue() []uint64 {
 }
 
 type Holder struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseId       uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	Token         uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
-	Mode          int32                  `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
-	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
-	WaiterId      uint64                 `protobuf:"varint,5,opt,name=waiter_id,json=waiterId,proto3" json:"waiter_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LeaseId  uint64                 `protobuf:"varint,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	Token    uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
+	Mode     int32                  `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Value    []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	WaiterId uint64                 `protobuf:"varint,5,opt,name=waiter_id,json=waiterId,proto3" json:"waiter_id,omitempty"`
+	// The latest try of request_id told of this grant (Acquire.attempt);
+	// 0xffffffff once another request was told of it (a reentrant acquire),
+	// when no withdrawal may undo it.
+	Attempt uint32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// The request whose waiter was granted.
+	RequestId     uint64 `protobuf:"varint,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1361,14 +1367,30 @@ func (x *Holder) GetWaiterId() uint64 {
 	return 0
 }
 
+func (x *Holder) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Holder) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
 type Waiter struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	LeaseId       uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	Names         []string               `protobuf:"bytes,3,rep,name=names,proto3" json:"names,omitempty"`
-	Mode          int32                  `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`
-	Value         []byte                 `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
-	RequestId     uint64                 `protobuf:"varint,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	LeaseId   uint64                 `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	Names     []string               `protobuf:"bytes,3,rep,name=names,proto3" json:"names,omitempty"`
+	Mode      int32                  `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	Value     []byte                 `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
+	RequestId uint64                 `protobuf:"varint,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The latest try of a request told of this waiter (Acquire.attempt).
+	Attempt       uint32 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1441,6 +1463,13 @@ func (x *Waiter) GetValue() []byte {
 func (x *Waiter) GetRequestId() uint64 {
 	if x != nil {
 		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Waiter) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -1548,13 +1577,16 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\fdelay_reason\x18\x05 \x01(\tR\vdelayReason\x12%\n" +
 	"\x0edelay_revision\x18\x06 \x01(\x04R\rdelayRevision\x120\n" +
 	"\aholders\x18\a \x03(\v2\x16.lockd.state.v1.HolderR\aholders\x12\x14\n" +
-	"\x05queue\x18\b \x03(\x04R\x05queue\"\x80\x01\n" +
+	"\x05queue\x18\b \x03(\x04R\x05queue\"\xb9\x01\n" +
 	"\x06Holder\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\x04R\aleaseId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\x05R\x04mode\x12\x14\n" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x1b\n" +
-	"\twaiter_id\x18\x05 \x01(\x04R\bwaiterId\"\x92\x01\n" +
+	"\twaiter_id\x18\x05 \x01(\x04R\bwaiterId\x12\x18\n" +
+	"\aattempt\x18\x06 \x01(\rR\aattempt\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\a \x01(\x04R\trequestId\"\xac\x01\n" +
 	"\x06Waiter\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x14\n" +
@@ -1562,7 +1594,8 @@ const file_lockd_state_v1_state_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\x05R\x04mode\x12\x14\n" +
 	"\x05value\x18\x05 \x01(\fR\x05value\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x06 \x01(\x04R\trequestIdB8Z6github.com/lockd-io/lockd/proto/lockd/state/v1;statev1b\x06proto3"
+	"request_id\x18\x06 \x01(\x04R\trequestId\x12\x18\n" +
+	"\aattempt\x18\a \x01(\rR\aattemptB8Z6github.com/lockd-io/lockd/proto/lockd/state/v1;statev1b\x06proto3"
 
 var (
 	file_lockd_state_v1_state_proto_rawDescOnce sync.Once
