@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,17 +24,9 @@ const maxApplyBacklog = 1 << 16
 // answers to proposals and reads, never raft's heartbeats, its elections or
 // the persistence of new entries.
 type applier struct {
-	mu       sync.Mutex
-	queue    []applyWork
-	wake     chan struct{} // cap 1: work was pushed
+	workQueue[applyWork]
 	progress chan struct{} // cap 1: the applied index moved (for the loop's reads)
 	backlog  atomic.Int64  // entries pushed and not yet applied
-	quit     chan struct{}
-	done     chan struct{}
-	stopOnce sync.Once
-
-	failed chan struct{} // closed when applying failed; err says why
-	err    error
 
 	// Owned by the applier: the membership as of the applied index, which
 	// its snapshots record.
@@ -105,11 +96,8 @@ func membersOf(m map[uint64]*peerv1.Member) []*peerv1.Member {
 }
 
 func (a *applier) init() {
-	a.wake = make(chan struct{}, 1)
+	a.workQueue.init()
 	a.progress = make(chan struct{}, 1)
-	a.quit = make(chan struct{})
-	a.done = make(chan struct{})
-	a.failed = make(chan struct{})
 }
 
 // push queues work; it never blocks.
@@ -118,35 +106,19 @@ func (a *applier) push(w applyWork) {
 		return
 	}
 	a.backlog.Add(int64(len(w.ents)))
-	a.mu.Lock()
-	a.queue = append(a.queue, w)
-	a.mu.Unlock()
-	select {
-	case a.wake <- struct{}{}:
-	default:
-	}
+	a.workQueue.push(w)
 }
 
-// stop ends the applier and waits for it: work still queued is dropped (it
-// is in the log, and is applied again after a restart).
-func (a *applier) stop() {
-	a.stopOnce.Do(func() { close(a.quit) })
-	<-a.done
-}
-
+// applyLoop runs the applier until stop: work still queued then is dropped
+// (it is in the log, and is applied again after a restart).
 func (n *Node) applyLoop() {
 	a := &n.apply
 	defer close(a.done)
 	for {
-		select {
-		case <-a.quit:
+		queue, ok := a.take()
+		if !ok {
 			return
-		case <-a.wake:
 		}
-		a.mu.Lock()
-		queue := a.queue
-		a.queue = nil
-		a.mu.Unlock()
 		for _, w := range queue {
 			select {
 			case <-a.quit:
@@ -154,9 +126,7 @@ func (n *Node) applyLoop() {
 			default:
 			}
 			if err := n.applyWork(w); err != nil {
-				a.err = err
-				close(a.failed)
-				<-a.quit
+				a.fail(err)
 				return
 			}
 			a.backlog.Add(-int64(len(w.ents)))
@@ -165,9 +135,7 @@ func (n *Node) applyLoop() {
 			default:
 			}
 			if err := n.maybeSnapshot(); err != nil {
-				a.err = err
-				close(a.failed)
-				<-a.quit
+				a.fail(err)
 				return
 			}
 		}

@@ -1,19 +1,25 @@
 // Package node runs one member of a lockd raft cluster.
 //
-// A Node owns a raft.RawNode on a single goroutine (the raft loop). Each turn
-// of the loop takes the inputs that arrived (ticks, proposals, peer messages,
-// read requests), then handles raft's Ready in the order raft requires:
+// A Node owns a raft.RawNode on a single goroutine (the raft loop), run with
+// raft's asynchronous storage writes. Each turn of the loop takes the inputs
+// that arrived (ticks, proposals, peer messages, read requests, the storage
+// goroutines' responses) and handles raft's Ready:
 //
-//  1. a leader sends its messages first, so followers write the new entries
-//     while the leader does (raft thesis §10.2.1);
-//  2. the entries, hard state and any incoming snapshot go to the store in one
-//     synced batch; every proposal that arrived in the same turn shares that
-//     fsync (group commit);
-//  3. a follower sends its messages only now, after its log is durable, since
-//     its acknowledgements promise durability;
-//  4. configuration changes among the committed entries are applied to raft;
-//  5. the committed entries, now durable, are handed to the applier, and raft
-//     is advanced.
+//  1. messages to peers go out at once: a leader's new entries reach its
+//     followers while it writes them itself (raft thesis §10.2.1);
+//  2. the log append (entries, hard state, any incoming snapshot) goes to
+//     the appender, a goroutine that writes every append queued during its
+//     previous fsync as one synced pebble batch (group commit) and only then
+//     delivers the append's responses: a follower's acknowledgement or vote
+//     to its peer, raft's note that the entries are stable to the loop;
+//  3. configuration changes among the committed entries are applied to raft;
+//  4. the committed entries, which raft hands out only once they are on this
+//     node's disk, go to the applier.
+//
+// The loop does not wait for the disk, so a leader steps acknowledgements
+// and commits while its own fsync runs. (Only raft's reads of the log wait
+// out a write that replaces entries or installs a snapshot: the store locks
+// readers out of such a write until it is synced.)
 //
 // The applier is a goroutine of its own: it applies committed entries to the
 // StateMachine in log order, answers the proposals waiting on them with the

@@ -68,7 +68,8 @@ type Node struct {
 	waiters map[uint64]*waiter
 	nextID  atomic.Uint64
 
-	apply applier
+	apply  applier
+	append appender
 
 	// Published by the loop for lock-free readers.
 	leader     atomic.Uint64
@@ -173,6 +174,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.confState = cs
+	n.append.init(hs)
 	n.term.Store(hs.GetTerm())
 	n.commit.Store(hs.GetCommit())
 	var applied uint64
@@ -195,6 +197,7 @@ func Start(cfg Config) (*Node, error) {
 		MaxCommittedSizePerReady:  8 << 20,
 		MaxUncommittedEntriesSize: 256 << 20,
 		MaxInflightMsgs:           256,
+		AsyncStorageWrites:        true,
 		CheckQuorum:               true,
 		PreVote:                   true,
 		ReadOnlyOption:            raft.ReadOnlySafe,
@@ -239,6 +242,7 @@ func Start(cfg Config) (*Node, error) {
 	n.log.Info().Str("id", strconv.FormatUint(n.id, 16)).Str("cluster", strconv.FormatUint(n.cluster, 16)).
 		Bool("bootstrap", fresh).Uint64("snapshot", n.snapIndex.Load()).Uint64("last-index", last).Msg("starting raft node")
 	go n.applyLoop()
+	go n.appendLoop()
 	go n.run()
 	return n, nil
 }
@@ -422,6 +426,7 @@ func (n *Node) run() {
 	defer close(n.donec)
 	defer n.failAll()
 	defer n.apply.stop() // before failAll: no apply answers a waiter after it
+	defer n.append.stop()
 	ticker := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer ticker.Stop()
 	for {
@@ -438,6 +443,11 @@ func (n *Node) run() {
 		case <-n.apply.failed:
 			n.log.Error().Err(n.apply.err).Msg("applying committed entries failed; stopping the node")
 			return
+		case <-n.append.failed:
+			n.log.Error().Err(n.append.err).Msg("writing raft's log failed; stopping the node")
+			return
+		case ms := <-n.append.local:
+			n.stepLocal(ms)
 		case <-n.apply.progress:
 			n.reads.release(n.applied.Load())
 		case <-ticker.C:
@@ -480,6 +490,7 @@ func (n *Node) run() {
 		case f := <-n.funcc:
 			f(n.rn)
 		}
+		n.drain(propc)
 		n.campaignIfAlone()
 		n.reads.issue(n.rn, time.Now())
 		for n.rn.HasReady() {
@@ -493,11 +504,41 @@ func (n *Node) run() {
 	}
 }
 
+// drain takes the proposals, peer messages and storage responses that are
+// waiting, so that one Ready, and one message to each peer, covers them
+// all: with storage writes off the loop, it would otherwise turn each
+// input into a Ready of its own.
+func (n *Node) drain(propc chan proposal) {
+	for range 4096 {
+		select {
+		case p := <-propc:
+			n.propose(p)
+		case m := <-n.recvc:
+			n.step(m)
+		case ms := <-n.append.local:
+			n.stepLocal(ms)
+		default:
+			return
+		}
+	}
+}
+
+func (n *Node) stepLocal(ms []*raftpb.Message) {
+	for _, m := range ms {
+		if err := n.rn.Step(m); err != nil {
+			n.log.Debug().Err(err).Stringer("type", m.GetType()).Msg("step of local response failed")
+		}
+	}
+}
+
 // campaignIfAlone makes the only voter of a one-member cluster elect itself
 // as soon as its configuration is applied, rather than after an election
 // timeout.
 func (n *Node) campaignIfAlone() {
-	if v := n.confState.GetVoters(); len(v) == 1 && v[0] == n.id && n.leader.Load() == 0 && !n.rn.HasReady() {
+	// Only from follower: a candidate waiting for the fsync of its own vote
+	// (storage writes are off the loop) would start its election over.
+	if v := n.confState.GetVoters(); len(v) == 1 && v[0] == n.id && n.leader.Load() == 0 && !n.rn.HasReady() &&
+		n.rn.BasicStatus().RaftState == raft.StateFollower {
 		n.rn.Campaign()
 	}
 }
@@ -586,41 +627,39 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		n.term.Store(hs.GetTerm())
 		n.commit.Store(hs.GetCommit())
 	}
-	leader := n.rn.BasicStatus().RaftState == raft.StateLeader
-	if leader {
-		n.tr.send(rd.Messages)
-	}
-	saveStart := time.Now()
-	if df, ok := n.cfg.Faults.(DiskFaults); ok && rd.MustSync {
-		if d := df.WriteDelay(); d > 0 {
-			time.Sleep(d)
+	// The rest go to peers at once: a leader's appends reach its followers
+	// while its own write is under way (a follower's acknowledgement waits,
+	// in its append's responses, for its write). Before the conf changes
+	// below: the commit that removes a member must still reach it.
+	out := make([]*raftpb.Message, 0, len(rd.Messages))
+	for _, m := range rd.Messages {
+		if to := m.GetTo(); to != raft.LocalAppendThread && to != raft.LocalApplyThread {
+			out = append(out, m)
 		}
 	}
-	if err := n.store.SaveReady(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
-		return fmt.Errorf("saving ready: %w", err)
+	n.tr.send(out)
+	for _, rs := range rd.ReadStates {
+		n.reads.confirm(rs)
 	}
-	if rd.MustSync {
-		n.metrics.fsync.Observe(since(saveStart))
-	}
-	var work applyWork
+	// A snapshot from the leader: the member table now; the state machine
+	// once the appender has saved it (raft hands out no entry past it
+	// until then).
+	var snapWork *applyWork
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		// The member table now; the state machine when the applier gets
-		// there, after the entries queued before the snapshot.
 		env, err := n.restoreMembers(rd.Snapshot)
 		if err != nil {
 			return fmt.Errorf("restoring snapshot from leader: %w", err)
 		}
-		work.snap, work.snapState = rd.Snapshot.GetMetadata(), env.GetState()
-		work.members = map[uint64]membership{rd.Snapshot.GetMetadata().GetIndex(): {n.confState, membersOf(n.members)}}
-	}
-	if !leader {
-		n.tr.send(rd.Messages)
-	}
-	for _, rs := range rd.ReadStates {
-		n.reads.confirm(rs)
+		idx := rd.Snapshot.GetMetadata().GetIndex()
+		snapWork = &applyWork{
+			snap:      rd.Snapshot.GetMetadata(),
+			snapState: env.GetState(),
+			members:   map[uint64]membership{idx: {n.confState, membersOf(n.members)}},
+		}
 	}
 	// Configuration changes are raft's to apply, here on its loop; the
 	// applier learns the membership that results, for its snapshots.
+	var members map[uint64]membership
 	for _, e := range rd.CommittedEntries {
 		var cc raftpb.ConfChangeI
 		switch e.GetType() {
@@ -640,15 +679,33 @@ func (n *Node) handleReady(rd raft.Ready) error {
 			continue
 		}
 		n.applyConfChange(cc)
-		if work.members == nil {
-			work.members = map[uint64]membership{}
+		if members == nil {
+			members = map[uint64]membership{}
 		}
-		work.members[e.GetIndex()] = membership{n.confState, membersOf(n.members)}
+		members[e.GetIndex()] = membership{n.confState, membersOf(n.members)}
 	}
-	work.ents = rd.CommittedEntries
-	n.apply.push(work)
+	// With asynchronous storage writes, raft addresses the log write and
+	// the application of committed entries as messages to this node's
+	// storage threads, each carrying the responses to deliver when done.
+	for _, m := range rd.Messages {
+		switch m.GetTo() {
+		case raft.LocalAppendThread:
+			n.append.push(appendJob{m: m, snap: snapWork})
+			snapWork = nil
+		case raft.LocalApplyThread:
+			n.apply.push(applyWork{ents: m.GetEntries(), members: members})
+			// Raft counts the entries applied once they are queued, as
+			// Advance did: its own bookkeeping (flow control, pending
+			// conf changes) needs no more, and the applier answers
+			// proposals and reads itself.
+			for _, r := range m.GetResponses() {
+				if err := n.rn.Step(r); err != nil {
+					return fmt.Errorf("stepping apply response: %w", err)
+				}
+			}
+		}
+	}
 	n.reads.release(n.applied.Load())
-	n.rn.Advance(rd)
 	return nil
 }
 
