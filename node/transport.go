@@ -503,7 +503,10 @@ func (t *transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	if tc, ok := conn.(*tls.Conn); ok {
 		raw = tc.NetConn()
 	}
-	if tc, ok := raw.(*net.TCPConn); ok {
+	// A TCP connection, possibly wrapped (the listener may buffer reads).
+	if tc, ok := raw.(interface {
+		SetKeepAliveConfig(net.KeepAliveConfig) error
+	}); ok {
 		tc.SetKeepAliveConfig(peerKeepAlive)
 	}
 	// A stream lives as long as both nodes do; when this one stops,

@@ -213,6 +213,7 @@ func start(c serveConfig, peers []node.Peer, log zerolog.Logger) (_ *instance, e
 	if in.ln, err = net.Listen("tcp", c.listen); err != nil {
 		return nil, err
 	}
+	in.ln = bufferedListener{in.ln}
 	if in.store, err = store.Open(c.dataDir, store.Options{Logger: log.With().Str("component", "store").Logger()}); err != nil {
 		return nil, fmt.Errorf("opening data dir %s: %w", c.dataDir, err)
 	}
