@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	statev1 "github.com/lockd-io/lockd/proto/lockd/state/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -363,5 +365,37 @@ func TestSnapshotRevisionAndReseed(t *testing.T) {
 	}
 	if res := r.Apply(1000, 2, encode(cmdExpire(lease[0].ID, 2))).(*Result); res.Ignored || res.Err != nil {
 		t.Fatalf("an expiry of the new cluster's term 2 was not applied: %+v", res)
+	}
+}
+
+// Snapshot writes leases, locks and waiters in that order, but a snapshot is
+// a protobuf message, whose fields may come in any order; Restore must not
+// depend on it.
+func TestRestoreTakesRecordsInAnyOrder(t *testing.T) {
+	h := buildTable(t)
+	snap := h.snap()
+	var records [][]byte
+	for rest := snap; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 {
+			t.Fatal(protowire.ParseError(n))
+		}
+		m := protowire.ConsumeFieldValue(num, typ, rest[n:])
+		if m < 0 {
+			t.Fatal(protowire.ParseError(m))
+		}
+		records = append(records, rest[:n+m])
+		rest = rest[n+m:]
+	}
+	if len(records) < 6 {
+		t.Fatalf("only %d records in the snapshot", len(records))
+	}
+	slices.Reverse(records)
+	r := NewTable()
+	if err := r.Restore(bytes.Join(records, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if back, _ := r.Snapshot(); !bytes.Equal(back, snap) {
+		t.Fatalf("restored from reversed records:\n%s\nwant\n%s", snapText(back), snapText(snap))
 	}
 }

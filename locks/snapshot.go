@@ -24,8 +24,8 @@ func (t *Table) Snapshot() ([]byte, error) {
 		buf:  make([]byte, 0, 64*(len(t.locks)+len(t.leases)+len(t.waiters))+64),
 		opts: proto.MarshalOptions{Deterministic: true},
 	}
-	e.uint64Field(1, t.rev)
-	e.uint64Field(2, t.term)
+	e.uint64Field(snapRevision, t.rev)
+	e.uint64Field(snapTerm, t.term)
 	ids := make([]uint64, 0, len(t.leases))
 	for id := range t.leases {
 		ids = append(ids, id)
@@ -35,7 +35,7 @@ func (t *Table) Snapshot() ([]byte, error) {
 	for _, id := range ids {
 		l := t.leases[id]
 		pl = statev1.Lease{Id: l.id, TtlMs: l.ttl.Milliseconds(), Owner: l.owner, GrantedRevision: l.grantedRev, Dedup: l.dedup, Principal: l.principal}
-		if err := e.message(3, &pl); err != nil {
+		if err := e.message(snapLease, &pl); err != nil {
 			return nil, err
 		}
 	}
@@ -53,14 +53,14 @@ func (t *Table) Snapshot() ([]byte, error) {
 		for _, w := range l.queue {
 			lk.Queue = append(lk.Queue, w.id)
 		}
-		if err := e.message(4, &lk); err != nil {
+		if err := e.message(snapLock, &lk); err != nil {
 			return nil, err
 		}
 	}
 	var pw statev1.Waiter
 	for _, w := range sortedWaiters(t.waiters) {
 		pw = statev1.Waiter{Id: w.id, LeaseId: w.lease.id, Names: w.names, Mode: int32(w.mode), Value: w.value, RequestId: w.requestID, Attempt: w.attempt}
-		if err := e.message(5, &pw); err != nil {
+		if err := e.message(snapWaiter, &pw); err != nil {
 			return nil, err
 		}
 	}
@@ -91,50 +91,99 @@ func (e *snapshotEncoder) message(num protowire.Number, m proto.Message) error {
 
 // Restore replaces the table with a snapshot's contents. On error the table
 // is unchanged.
+//
+// Like Snapshot, it works one record at a time instead of decoding the
+// whole statev1.Snapshot: a million decoded locks would sit in the heap
+// beside the table built from them, and a node restarting under a memory
+// limit would spend its time collecting garbage. It reads the encoding
+// three times, for the leases, the waiters (of leases) and the locks (held
+// by leases, queueing waiters), which may come in any order, and sizes the
+// lock map up front.
 func (t *Table) Restore(data []byte) error {
-	s := new(statev1.Snapshot)
-	if err := proto.Unmarshal(data, s); err != nil {
-		return fmt.Errorf("locks: decoding snapshot: %w", err)
-	}
 	n := NewTable()
-	n.rev, n.term = s.GetRevision(), s.GetTerm()
-	for _, pl := range s.GetLeases() {
-		n.leases[pl.GetId()] = &lease{id: pl.GetId(), ttl: time.Duration(pl.GetTtlMs()) * time.Millisecond, owner: pl.GetOwner(), principal: pl.GetPrincipal(),
-			grantedRev: pl.GetGrantedRevision(), holds: map[string]*holder{}, waits: map[uint64]*waiter{}, dedup: pl.GetDedup()}
-		if p := pl.GetPrincipal(); p != "" {
-			n.byWhom[p]++
+	nlocks := 0
+	err := eachSnapshotField(data, func(num protowire.Number, v uint64, b []byte) error {
+		switch num {
+		case snapRevision:
+			n.rev = v
+		case snapTerm:
+			n.term = v
+		case snapLease:
+			pl := new(statev1.Lease)
+			if err := proto.Unmarshal(b, pl); err != nil {
+				return err
+			}
+			n.leases[pl.GetId()] = &lease{id: pl.GetId(), ttl: time.Duration(pl.GetTtlMs()) * time.Millisecond, owner: pl.GetOwner(), principal: pl.GetPrincipal(),
+				grantedRev: pl.GetGrantedRevision(), holds: map[string]*holder{}, waits: map[uint64]*waiter{}, dedup: pl.GetDedup()}
+			if p := pl.GetPrincipal(); p != "" {
+				n.byWhom[p]++
+			}
+		case snapLock:
+			nlocks++
 		}
+		return nil
+	})
+	if err == nil {
+		err = eachSnapshotField(data, func(num protowire.Number, _ uint64, b []byte) error {
+			if num != snapWaiter {
+				return nil
+			}
+			pw := new(statev1.Waiter)
+			if err := proto.Unmarshal(b, pw); err != nil {
+				return err
+			}
+			l, ok := n.leases[pw.GetLeaseId()]
+			if !ok {
+				return fmt.Errorf("waiter %d of unknown lease %d", pw.GetId(), pw.GetLeaseId())
+			}
+			w := &waiter{id: pw.GetId(), lease: l, names: pw.GetNames(), mode: Mode(pw.GetMode()), attempt: pw.GetAttempt(), value: pw.GetValue(), requestID: pw.GetRequestId()}
+			n.waiters[w.id] = w
+			l.waits[w.id] = w
+			return nil
+		})
 	}
-	for _, pw := range s.GetWaiters() {
-		l, ok := n.leases[pw.GetLeaseId()]
-		if !ok {
-			return fmt.Errorf("locks: snapshot waiter %d of unknown lease %d", pw.GetId(), pw.GetLeaseId())
+	if err != nil {
+		return fmt.Errorf("locks: bad snapshot: %w", err)
+	}
+	n.locks = make(map[string]*lock, nlocks)
+	var pl statev1.Lock // reused: only the strings and bytes it decodes are kept
+	err = eachSnapshotField(data, func(num protowire.Number, _ uint64, b []byte) error {
+		if num != snapLock {
+			return nil
 		}
-		w := &waiter{id: pw.GetId(), lease: l, names: pw.GetNames(), mode: Mode(pw.GetMode()), attempt: pw.GetAttempt(), value: pw.GetValue(), requestID: pw.GetRequestId()}
-		n.waiters[w.id] = w
-		l.waits[w.id] = w
-	}
-	for _, pl := range s.GetLocks() {
+		if err := proto.Unmarshal(b, &pl); err != nil {
+			return err
+		}
 		lk := &lock{name: pl.GetName(), capacity: pl.GetCapacity(), delay: time.Duration(pl.GetLockDelayMs()) * time.Millisecond,
 			delayedUntil: pl.GetDelayedUntilUnixNano(), delayReason: pl.GetDelayReason(), delayRev: pl.GetDelayRevision()}
+		if hs := pl.GetHolders(); len(hs) > 0 {
+			lk.holders = make([]*holder, 0, len(hs))
+		}
 		for _, ph := range pl.GetHolders() {
 			l, ok := n.leases[ph.GetLeaseId()]
 			if !ok {
-				return fmt.Errorf("locks: snapshot holder of %q has unknown lease %d", lk.name, ph.GetLeaseId())
+				return fmt.Errorf("holder of %q has unknown lease %d", lk.name, ph.GetLeaseId())
 			}
 			h := &holder{lease: l, token: ph.GetToken(), mode: Mode(ph.GetMode()), attempt: ph.GetAttempt(), value: ph.GetValue(), waiterID: ph.GetWaiterId(), requestID: ph.GetRequestId()}
 			lk.holders = append(lk.holders, h)
 			l.holds[lk.name] = h
 		}
+		if q := pl.GetQueue(); len(q) > 0 {
+			lk.queue = make([]*waiter, 0, len(q))
+		}
 		for _, id := range pl.GetQueue() {
 			w, ok := n.waiters[id]
 			if !ok {
-				return fmt.Errorf("locks: snapshot queue of %q has unknown waiter %d", lk.name, id)
+				return fmt.Errorf("queue of %q has unknown waiter %d", lk.name, id)
 			}
 			lk.queue = append(lk.queue, w)
 			n.nsWaits[Namespace(lk.name)]++
 		}
 		n.locks[lk.name] = lk
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("locks: bad snapshot: %w", err)
 	}
 	t.mu.Lock()
 	t.rev, t.term = n.rev, n.term
@@ -144,6 +193,57 @@ func (t *Table) Restore(data []byte) error {
 	t.mu.Unlock()
 	if observer != nil {
 		observer([]Event{{Type: Reset, Revision: n.rev}})
+	}
+	return nil
+}
+
+// The fields of statev1.Snapshot, as Snapshot writes them and Restore reads
+// them.
+const (
+	snapRevision protowire.Number = 1
+	snapTerm     protowire.Number = 2
+	snapLease    protowire.Number = 3
+	snapLock     protowire.Number = 4
+	snapWaiter   protowire.Number = 5
+)
+
+// eachSnapshotField calls fn with each known field of an encoded
+// statev1.Snapshot in order: v for the varints, b for the messages. Fields
+// it does not know, or of another wire type, are skipped, as proto.Unmarshal
+// would keep them aside as unknown.
+func eachSnapshotField(data []byte, fn func(num protowire.Number, v uint64, b []byte) error) error {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		switch {
+		case (num == snapRevision || num == snapTerm) && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			data = data[n:]
+			if err := fn(num, v, nil); err != nil {
+				return err
+			}
+		case (num == snapLease || num == snapLock || num == snapWaiter) && typ == protowire.BytesType:
+			b, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			data = data[n:]
+			if err := fn(num, 0, b); err != nil {
+				return err
+			}
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, data)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			data = data[n:]
+		}
 	}
 	return nil
 }
