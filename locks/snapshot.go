@@ -1,6 +1,7 @@
 package locks
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -156,9 +157,6 @@ func (t *Table) Restore(data []byte) error {
 		}
 		lk := &lock{name: pl.GetName(), capacity: pl.GetCapacity(), delay: time.Duration(pl.GetLockDelayMs()) * time.Millisecond,
 			delayedUntil: pl.GetDelayedUntilUnixNano(), delayReason: pl.GetDelayReason(), delayRev: pl.GetDelayRevision()}
-		if hs := pl.GetHolders(); len(hs) > 0 {
-			lk.holders = make([]*holder, 0, len(hs))
-		}
 		for _, ph := range pl.GetHolders() {
 			l, ok := n.leases[ph.GetLeaseId()]
 			if !ok {
@@ -167,9 +165,6 @@ func (t *Table) Restore(data []byte) error {
 			h := &holder{lease: l, token: ph.GetToken(), mode: Mode(ph.GetMode()), attempt: ph.GetAttempt(), value: ph.GetValue(), waiterID: ph.GetWaiterId(), requestID: ph.GetRequestId()}
 			lk.holders = append(lk.holders, h)
 			l.holds[lk.name] = h
-		}
-		if q := pl.GetQueue(); len(q) > 0 {
-			lk.queue = make([]*waiter, 0, len(q))
 		}
 		for _, id := range pl.GetQueue() {
 			w, ok := n.waiters[id]
@@ -249,28 +244,20 @@ func eachSnapshotField(data []byte, fn func(num protowire.Number, v uint64, b []
 }
 
 // SnapshotRevision reads the revision a snapshot is of, without decoding
-// the rest.
-func SnapshotRevision(data []byte) (uint64, error) {
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
+// the rest: it stops at the revision, which Snapshot writes first.
+func SnapshotRevision(data []byte) (rev uint64, err error) {
+	found := errors.New("found")
+	err = eachSnapshotField(data, func(num protowire.Number, v uint64, _ []byte) error {
+		if num != snapRevision {
+			return nil
 		}
-		data = data[n:]
-		if num == 1 && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(data)
-			if n < 0 {
-				return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
-			}
-			return v, nil
-		}
-		n = protowire.ConsumeFieldValue(num, typ, data)
-		if n < 0 {
-			return 0, fmt.Errorf("locks: bad snapshot: %w", protowire.ParseError(n))
-		}
-		data = data[n:]
+		rev = v
+		return found
+	})
+	if err != nil && err != found {
+		return 0, fmt.Errorf("locks: bad snapshot: %w", err)
 	}
-	return 0, nil // revision 0 is left out
+	return rev, nil // revision 0 is left out
 }
 
 // Reseed prepares a snapshot for a new cluster (a restored backup): it
