@@ -101,7 +101,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	plog := opts.Logger.With().Str("component", "pebble").Logger()
 	listener := eventListener(plog)
-	fs, fsCloser := vfs.WithDiskHealthChecks(opts.FS, diskSlowThreshold, nil,
+	fs, fsCloser := vfs.WithDiskHealthChecks(walFS{opts.FS}, diskSlowThreshold, nil,
 		func(info vfs.DiskSlowInfo) { listener.DiskSlow(info) })
 
 	db, err := pebble.Open(dir, &pebble.Options{
