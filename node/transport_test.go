@@ -191,3 +191,99 @@ func TestPeerSenderReconnectsAndBounds(t *testing.T) {
 		t.Errorf("%d drops reported for a burst of %d into a queue of %d", n, len(burst), peerQueueLen)
 	}
 }
+
+// An append without entries only tells a follower the leader's commit
+// index: a later append of the same term in the same write tells it as
+// much, so the first is not sent; one alone is sent after commitHold.
+func TestPeerSenderFoldsCommitNews(t *testing.T) {
+	const cluster = 0xc1
+	receiver := newTransport(2, cluster, nil, nil, time.Second, zerolog.Nop())
+	defer receiver.close()
+	got := make(chan *raftpb.Message, 16)
+	receiver.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m; return nil }
+	srv := httptest.NewServer(receiver)
+	defer srv.Close()
+	sender := newTransport(1, cluster, nil, nil, time.Second, zerolog.Nop())
+	defer sender.close()
+	sender.setPeer(2, srv.URL)
+
+	next := func() *raftpb.Message {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no message arrived")
+			return nil
+		}
+	}
+	news := func(term, commit uint64) *raftpb.Message {
+		return &raftpb.Message{Type: raftpb.MessageType_MsgApp.Enum(), From: proto.Uint64(1), To: proto.Uint64(2),
+			Term: proto.Uint64(term), Index: proto.Uint64(commit), Commit: proto.Uint64(commit)}
+	}
+	appendOf := func(term, index, commit uint64) *raftpb.Message {
+		m := news(term, commit)
+		m.Index = proto.Uint64(index - 1)
+		m.Entries = []*raftpb.Entry{{Index: proto.Uint64(index), Term: proto.Uint64(term)}}
+		return m
+	}
+
+	sender.send([]*raftpb.Message{news(3, 10)})
+	if m := next(); m.GetCommit() != 10 || len(m.GetEntries()) != 0 {
+		t.Fatalf("got %v, want the held commit news", m)
+	}
+
+	// Held (for as long as it takes, here) until the append comes, which
+	// says all it would: the same whether the sender took them off its
+	// queue together or not.
+	patient := newTransport(1, cluster, nil, nil, time.Second, zerolog.Nop())
+	defer patient.close()
+	patient.commitHold = time.Hour
+	patient.setPeer(2, srv.URL)
+	beat := &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: proto.Uint64(1), To: proto.Uint64(2), Term: proto.Uint64(3)}
+	patient.send([]*raftpb.Message{news(3, 11), appendOf(3, 12, 11), news(3, 12), beat})
+	if m := next(); len(m.GetEntries()) != 1 {
+		t.Fatalf("got %v, want the append: the commit news before it says nothing more", m)
+	}
+	if m := next(); m.GetCommit() != 12 || len(m.GetEntries()) != 0 {
+		t.Fatalf("got %v, want the commit news after the append", m)
+	}
+	if m := next(); m.GetType() != raftpb.MessageType_MsgHeartbeat {
+		t.Fatalf("got %v, want the heartbeat", m)
+	}
+}
+
+func TestDropSuperseded(t *testing.T) {
+	app := func(term, commit uint64, entries int) *raftpb.Message {
+		m := &raftpb.Message{Type: raftpb.MessageType_MsgApp.Enum(), Term: proto.Uint64(term), Commit: proto.Uint64(commit)}
+		for range entries {
+			m.Entries = append(m.Entries, &raftpb.Entry{})
+		}
+		return m
+	}
+	beat := &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), Term: proto.Uint64(4), Commit: proto.Uint64(9)}
+	a, b, c, d, e := app(4, 7, 0), app(4, 8, 0), app(4, 8, 2), app(4, 9, 0), app(5, 9, 0)
+	for _, tc := range []struct {
+		name     string
+		in, want []*raftpb.Message
+	}{
+		{"alone", []*raftpb.Message{a}, []*raftpb.Message{a}},
+		{"by a later news", []*raftpb.Message{a, b}, []*raftpb.Message{b}},
+		{"by entries", []*raftpb.Message{a, beat, c, d}, []*raftpb.Message{beat, c, d}},
+		{"not by an earlier one", []*raftpb.Message{c, a}, []*raftpb.Message{c, a}},
+		{"not by a heartbeat", []*raftpb.Message{a, beat}, []*raftpb.Message{a, beat}},
+		{"not across terms", []*raftpb.Message{d, e}, []*raftpb.Message{d, e}},
+		{"entries never", []*raftpb.Message{c, app(4, 9, 1)}, []*raftpb.Message{c, app(4, 9, 1)}},
+	} {
+		got := dropSuperseded(append([]*raftpb.Message(nil), tc.in...))
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: kept %d of %d, want %d", tc.name, len(got), len(tc.in), len(tc.want))
+			continue
+		}
+		for i := range got {
+			if !proto.Equal(got[i], tc.want[i]) {
+				t.Errorf("%s: message %d is %v, want %v", tc.name, i, got[i], tc.want[i])
+			}
+		}
+	}
+}
