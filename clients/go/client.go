@@ -289,7 +289,7 @@ func (c *Client) add(url string) int {
 			return i
 		}
 	}
-	hc, co := c.opts.httpClient, c.opts.connect
+	hc, co := wholeMessages{c.opts.httpClient}, c.opts.connect
 	c.endpoints = append(c.endpoints, &endpoint{
 		url:      url,
 		lease:    lockdv1connect.NewLeaseServiceClient(hc, url, co...),
