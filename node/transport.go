@@ -317,22 +317,26 @@ func commitNewsOnly(batch []*raftpb.Message) bool {
 	return len(batch) > 0
 }
 
-// dropSuperseded removes from batch the appends without entries that a
-// later append of the same term in it says all of: that one carries a
-// commit index at least theirs, and a consistency check of its own.
+// dropSuperseded removes from batch each append without entries that the
+// next append after it in the batch says all of. A follower commits
+// min(Commit, Index+len(Entries)) of an append it accepts, and ignores one
+// whose Index is below its commit; so the later append must be of the same
+// term, with Commit and Index at least the earlier one's. (A leader that
+// falls back to probing a follower sends a lower Index: that keeps both.)
 func dropSuperseded(batch []*raftpb.Message) []*raftpb.Message {
-	var term, commit uint64 // of the last append seen, walking back
+	var term, commit, index uint64 // of the last append seen, walking back
 	dropped := false
 	for i := len(batch) - 1; i >= 0; i-- {
 		m := batch[i]
 		if m.GetType() != raftpb.MessageType_MsgApp {
 			continue
 		}
-		if len(m.GetEntries()) == 0 && term != 0 && m.GetTerm() == term && m.GetCommit() <= commit {
+		if len(m.GetEntries()) == 0 && term != 0 && m.GetTerm() == term &&
+			m.GetCommit() <= commit && m.GetIndex() <= index {
 			batch[i], dropped = nil, true
 			continue
 		}
-		term, commit = m.GetTerm(), m.GetCommit()
+		term, commit, index = m.GetTerm(), m.GetCommit(), m.GetIndex()
 	}
 	if !dropped {
 		return batch

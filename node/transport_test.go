@@ -255,7 +255,7 @@ func TestPeerSenderFoldsCommitNews(t *testing.T) {
 
 func TestDropSuperseded(t *testing.T) {
 	app := func(term, commit uint64, entries int) *raftpb.Message {
-		m := &raftpb.Message{Type: raftpb.MessageType_MsgApp.Enum(), Term: proto.Uint64(term), Commit: proto.Uint64(commit)}
+		m := &raftpb.Message{Type: raftpb.MessageType_MsgApp.Enum(), Term: proto.Uint64(term), Commit: proto.Uint64(commit), Index: proto.Uint64(commit)}
 		for range entries {
 			m.Entries = append(m.Entries, &raftpb.Entry{})
 		}
@@ -263,6 +263,9 @@ func TestDropSuperseded(t *testing.T) {
 	}
 	beat := &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), Term: proto.Uint64(4), Commit: proto.Uint64(9)}
 	a, b, c, d, e := app(4, 7, 0), app(4, 8, 0), app(4, 8, 2), app(4, 9, 0), app(5, 9, 0)
+	// The leader went back to probing: the next append starts lower.
+	probe := app(4, 9, 1)
+	probe.Index = proto.Uint64(6)
 	for _, tc := range []struct {
 		name     string
 		in, want []*raftpb.Message
@@ -274,6 +277,7 @@ func TestDropSuperseded(t *testing.T) {
 		{"not by a heartbeat", []*raftpb.Message{a, beat}, []*raftpb.Message{a, beat}},
 		{"not across terms", []*raftpb.Message{d, e}, []*raftpb.Message{d, e}},
 		{"entries never", []*raftpb.Message{c, app(4, 9, 1)}, []*raftpb.Message{c, app(4, 9, 1)}},
+		{"not by a probe from further back", []*raftpb.Message{d, probe}, []*raftpb.Message{d, probe}},
 	} {
 		got := dropSuperseded(append([]*raftpb.Message(nil), tc.in...))
 		if len(got) != len(tc.want) {

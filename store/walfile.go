@@ -42,7 +42,9 @@ func wrapWAL(name string, f vfs.File) vfs.File {
 type walFile struct{ vfs.File }
 
 // Preallocate allocates the range and extends the file over it where the
-// platform can (see allocate); elsewhere it does what pebble would.
+// platform can (see allocate). Elsewhere, or when that fails (a filesystem
+// without it, no space), it does what pebble would, which may fail too:
+// pebble ignores a failed preallocation.
 func (f walFile) Preallocate(offset, length int64) error {
 	if fd := f.Fd(); fd != vfs.InvalidFd {
 		if err := allocate(fd, offset, length); err == nil {

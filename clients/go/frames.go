@@ -42,8 +42,9 @@ func enveloped(contentType string) bool {
 type envelopedBody struct {
 	body   io.ReadCloser
 	prefix [5]byte
-	head   int // bytes of the current prefix read, while rest == 0
-	rest   int // bytes of the current message still to read
+	// Between messages both are 0; head > 0 only while rest == 0.
+	head int // bytes of the current prefix read
+	rest int // bytes of the current message's body still to read
 }
 
 func (b *envelopedBody) Read(p []byte) (int, error) {

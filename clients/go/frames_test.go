@@ -9,13 +9,11 @@ import (
 )
 
 // envelope is a message as connect-go writes it to a stream: a prefix
-// (flags, big-endian length), then the body, in two writes.
+// (flags, big-endian length), then the body, in two writes (the second
+// empty for an empty message).
 func envelope(body []byte) [][]byte {
 	prefix := make([]byte, 5)
 	binary.BigEndian.PutUint32(prefix[1:], uint32(len(body)))
-	if len(body) == 0 {
-		return [][]byte{prefix}
-	}
 	return [][]byte{prefix, body}
 }
 
@@ -48,7 +46,9 @@ func TestEnvelopedBodyReadsWholeMessages(t *testing.T) {
 			for {
 				n, err := body.Read(buf)
 				got.Write(buf[:n])
-				reads++
+				if n > 0 {
+					reads++
+				}
 				if size >= 5+300 && n > 0 && body.rest+body.head != 0 {
 					done <- io.ErrShortBuffer // a read ended inside a message that fit
 					return
@@ -76,8 +76,8 @@ func TestEnvelopedBodyReadsWholeMessages(t *testing.T) {
 		if !bytes.Equal(got.Bytes(), want.Bytes()) {
 			t.Fatalf("buffer %d: read %q, want %q", size, got.Bytes(), want.Bytes())
 		}
-		if size == 4096 && reads > len(bodies)+1 {
-			t.Errorf("buffer %d: %d reads for %d messages, want one each (and EOF)", size, reads, len(bodies))
+		if size == 4096 && reads > len(bodies) {
+			t.Errorf("buffer %d: %d reads for %d messages, want one each", size, reads, len(bodies))
 		}
 	}
 }
