@@ -305,12 +305,17 @@ func (p *peerSender) drain(batch []*raftpb.Message) []*raftpb.Message {
 	return batch
 }
 
-// commitNewsOnly reports whether batch is appends without entries, which
-// say no more than the leader's commit index (or probe a follower, which
-// a later append does as well).
+// isCommitNews reports whether m is an append without entries, which says
+// no more than the leader's commit index (or probes a follower, which a
+// later append does as well).
+func isCommitNews(m *raftpb.Message) bool {
+	return m.GetType() == raftpb.MessageType_MsgApp && len(m.GetEntries()) == 0
+}
+
+// commitNewsOnly reports whether batch is commit news and nothing else.
 func commitNewsOnly(batch []*raftpb.Message) bool {
 	for _, m := range batch {
-		if m.GetType() != raftpb.MessageType_MsgApp || len(m.GetEntries()) > 0 {
+		if !isCommitNews(m) {
 			return false
 		}
 	}
@@ -331,7 +336,7 @@ func dropSuperseded(batch []*raftpb.Message) []*raftpb.Message {
 		if m.GetType() != raftpb.MessageType_MsgApp {
 			continue
 		}
-		if len(m.GetEntries()) == 0 && term != 0 && m.GetTerm() == term &&
+		if isCommitNews(m) && term != 0 && m.GetTerm() == term &&
 			m.GetCommit() <= commit && m.GetIndex() <= index {
 			batch[i], dropped = nil, true
 			continue

@@ -28,6 +28,11 @@ var errClosed = errors.New("store: closed")
 // Options.CacheBytes is 0.
 const DefaultCacheBytes = 64 << 20
 
+// memTableSize is pebble's memtable. The log is append-then-delete: a
+// larger memtable lets many entries be compacted away before they are ever
+// flushed. (Pebble preallocates each write-ahead log to 110% of it.)
+const memTableSize = 32 << 20
+
 // diskSlowThreshold only decides when a slow disk operation is reported
 // through the logger; nothing is aborted or timed out.
 const diskSlowThreshold = 5 * time.Second
@@ -110,12 +115,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		// silently ratchets the on-disk format, which would block rolling
 		// the binary back. Includes WAL sync chunks, which let recovery tell
 		// a torn tail write from corruption.
-		FormatMajorVersion: pebble.FormatValueSeparation,
-		Logger:             pebbleLogger{plog},
-		EventListener:      listener,
-		// The log is append-then-delete: a larger memtable lets many entries
-		// be compacted away before they are ever flushed.
-		MemTableSize:                32 << 20,
+		FormatMajorVersion:          pebble.FormatValueSeparation,
+		Logger:                      pebbleLogger{plog},
+		EventListener:               listener,
+		MemTableSize:                memTableSize,
 		MemTableStopWritesThreshold: 4,
 	})
 	if err != nil {

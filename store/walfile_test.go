@@ -14,10 +14,9 @@ import (
 	"strings"
 	"testing"
 
-	pb "go.etcd.io/raft/v3/raftpb"
-
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
 )
 
 // TestWALPreallocatedCrashRestart writes through a store on the real
@@ -49,11 +48,11 @@ func TestWALPreallocatedCrashRestart(t *testing.T) {
 			}
 		}
 		if checkSize {
-			if size := largestLog(t, dir); size < 32<<20 {
+			if size := largestLog(t, dir); size < memTableSize {
 				t.Fatalf("gen %d: largest log is %d bytes; want it preallocated to the memtable's size", gen, size)
 			}
 		}
-		crashed := filepath.Join(filepath.Dir(dir), "gen"+string(rune('0'+gen)))
+		crashed := filepath.Join(filepath.Dir(dir), fmt.Sprintf("gen%d", gen))
 		copyDir(t, dir, crashed)
 		mustClose(t, s)
 		dir = crashed
@@ -144,8 +143,8 @@ const crashChildDir = "LOCKD_STORE_CRASH_CHILD_DIR"
 
 // TestWALKilledWhileWriting SIGKILLs a process that writes 64 KiB entries
 // through a store, syncing each save, somewhere across its logs' rotations
-// (the memtable holds 32 MiB) and the flushes that follow them, and reopens
-// the store: every save the child reported done is there, intact. The logs
+// (every memTableSize) and the flushes that follow them, and reopens the
+// store: every save the child reported done is there, intact. The logs
 // closed at rotation end in pebble's EOF trailer and then preallocated
 // zeros; recovery must read them as cleanly closed.
 func TestWALKilledWhileWriting(t *testing.T) {
