@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -455,6 +456,10 @@ func (n *Node) run() {
 			n.checkQuorum()
 			n.reads.expire(time.Now(), n.cfg.ElectionTimeout)
 		case p := <-propc:
+			// Let the proposers that are running hand theirs in first: a
+			// batch of calls arrives at once, and one Ready for all of them
+			// is one append to each follower, not many.
+			runtime.Gosched()
 			n.propose(p)
 		drainProps:
 			for range 1024 {

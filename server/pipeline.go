@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -325,6 +326,16 @@ func (p *pipeline) write(stream *connect.BidiStream[lockdv1.PipelineRequest, loc
 	for r := range p.results {
 		if err != nil {
 			continue
+		}
+		// With other calls open, let those that are running post their
+		// answers first: the applier answers a whole batch of entries at
+		// once, and one message for all of them is one write, not many. A
+		// lone call's answer is not kept waiting.
+		p.mu.Lock()
+		others := len(p.open) > 0
+		p.mu.Unlock()
+		if others {
+			runtime.Gosched()
 		}
 		batch := &lockdv1.PipelineResponse{Results: []*lockdv1.PipelineResult{r}}
 	more:

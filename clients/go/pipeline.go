@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -224,6 +225,16 @@ func (p *pipeline) send() {
 			case <-p.done:
 				return
 			}
+		}
+		// With other calls in flight, let the callers that are running
+		// queue their calls first: answers come in batches and wake many
+		// callers at once, and one message for all their next calls is one
+		// write, not many. A lone caller is not kept waiting.
+		p.mu.Lock()
+		inFlight := len(p.calls) > 0
+		p.mu.Unlock()
+		if inFlight {
+			runtime.Gosched()
 		}
 		req := &lockdv1.PipelineRequest{}
 		size := proto.Size(pc.c)
