@@ -366,6 +366,13 @@ func (n *Node) proposeOnce(ctx context.Context, cmd []byte) (any, error) {
 	}
 }
 
+// inFlight is how many proposals wait for their entries to be applied.
+func (n *Node) inFlight() int {
+	n.waitMu.Lock()
+	defer n.waitMu.Unlock()
+	return len(n.waiters)
+}
+
 func (n *Node) finish(id uint64, val any, err error) {
 	n.waitMu.Lock()
 	w, ok := n.waiters[id]
@@ -456,10 +463,13 @@ func (n *Node) run() {
 			n.checkQuorum()
 			n.reads.expire(time.Now(), n.cfg.ElectionTimeout)
 		case p := <-propc:
-			// Let the proposers that are running hand theirs in first: a
-			// batch of calls arrives at once, and one Ready for all of them
-			// is one append to each follower, not many.
-			runtime.Gosched()
+			// With other proposals in flight, let the proposers that are
+			// running hand theirs in first: a batch of calls arrives at
+			// once, and one Ready for all of them is one append to each
+			// follower, not many. A lone proposal is not held.
+			if n.inFlight() > 1 {
+				runtime.Gosched()
+			}
 			n.propose(p)
 		drainProps:
 			for range 1024 {
