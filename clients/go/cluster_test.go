@@ -512,13 +512,7 @@ func TestAbandonedGrantIsUndone(t *testing.T) {
 	bctx, giveUp := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- mb.Lock(bctx) }()
-	testcluster.Eventually(t, 10*time.Second, "b queued", func() error {
-		d, err := c.Describe(ctx, "sdk/abandoned")
-		if err != nil || len(d.GetWaiters()) != 1 {
-			return fmt.Errorf("%v %v", d, err)
-		}
-		return nil
-	})
+	awaitWaiters(t, c, "sdk/abandoned", 1)
 	if err := ma.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -541,6 +535,90 @@ func TestAbandonedGrantIsUndone(t *testing.T) {
 	close(hold.release) // the late answer is dropped
 	if ok, err := mb.TryLock(ctx); err != nil || !ok {
 		t.Fatalf("b's next try: %v %v", ok, err)
+	}
+	if err := b.Err(); err != nil {
+		t.Fatalf("b's session: %v", err)
+	}
+}
+
+// awaitWaiters waits until the lock name has n waiters.
+func awaitWaiters(t *testing.T, c *lockd.Client, name string, n int) {
+	t.Helper()
+	testcluster.Eventually(t, 10*time.Second, fmt.Sprintf("%d waiters of %s", n, name), func() error {
+		d, err := c.Describe(context.Background(), name)
+		if err != nil || len(d.GetWaiters()) != n {
+			return fmt.Errorf("%v %v", d, err)
+		}
+		return nil
+	})
+}
+
+// cutOff fails every new request while on, as for a client cut off from
+// the cluster.
+type cutOff struct {
+	next http.RoundTripper
+	on   atomic.Bool
+}
+
+func (c *cutOff) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.on.Load() {
+		return nil, errors.New("network is unreachable (test)")
+	}
+	return c.next.RoundTrip(r)
+}
+
+// A Lock whose node dies under it, while its caller gives up before any
+// other node has taken the request, leaves no waiter behind: no node is
+// left to withdraw the try, so the SDK does, once it reaches one. Without
+// that, the waiter would stay queued, and be granted to nobody, until the
+// session ended.
+func TestLockAbandonedOnDeadNodeIsWithdrawn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	procs, eps := cluster(t, 3)
+	c := newClient(t, eps)
+	const name = "sdk/orphaned"
+	a := newSession(t, c, 5*time.Second, "a")
+	ma := lockd.NewMutex(a, name)
+	ctx := context.Background()
+	if err := ma.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	cut := &cutOff{next: tr}
+	cb := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: cut}))
+	b := newSession(t, cb, 5*time.Second, "b")
+	mb := lockd.NewMutex(b, name)
+	bctx, giveUp := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mb.Lock(bctx) }()
+	awaitWaiters(t, c, name, 1)
+	// b's try sits on the leader (the SDK writes there). Kill it with b
+	// cut off from the rest, and give up while b's retries fail.
+	leader := testcluster.LeaderOf(t, procs, 10*time.Second)
+	cut.on.Store(true)
+	leader.Signal(syscall.SIGKILL)
+	leader.Wait(10 * time.Second)
+	time.Sleep(300 * time.Millisecond)
+	giveUp()
+	if err := <-done; err == nil {
+		t.Fatal("Lock succeeded after its caller gave up")
+	}
+	cut.on.Store(false)
+	testcluster.Eventually(t, 30*time.Second, "b's orphaned waiter withdrawn", func() error {
+		d, err := c.Describe(ctx, name)
+		if err != nil || len(d.GetWaiters()) != 0 || len(d.GetHolders()) != 1 || d.GetHolders()[0].GetLeaseId() != a.ID() {
+			return fmt.Errorf("%v %v", d, err)
+		}
+		return nil
+	})
+	if err := ma.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := c.Describe(ctx, name); err != nil || len(d.GetHolders()) != 0 {
+		t.Fatalf("after a's release, the lock went to %v (%v): b gave up", d.GetHolders(), err)
 	}
 	if err := b.Err(); err != nil {
 		t.Fatalf("b's session: %v", err)

@@ -158,6 +158,9 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 		// again. Each try is numbered, so that the node of an abandoned
 		// try, withdrawing it, cannot undo what a later try got.
 		try := req
+		// unanswered: the latest try ended without an answer, its node
+		// gone or cut off, and with it whoever would withdraw the try.
+		var unanswered bool
 		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
 			if try.Attempt > 0 {
 				// A new message: the last one may still sit in a stream's
@@ -169,6 +172,7 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 			if err == nil {
 				resp = r
 			}
+			unanswered = err != nil && ctx.Err() == nil && retryable(ctx, err)
 			return err
 		})
 		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
@@ -179,6 +183,9 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 			continue
 		}
 		if err != nil {
+			if unanswered && ctx.Err() != nil {
+				m.withdraw(try)
+			}
 			return false, err
 		}
 		break
@@ -198,6 +205,53 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 	}
 	m.ctx, m.untrack = m.s.track(append([]string{m.name}, m.also...), m.token)
 	return true, nil
+}
+
+// withdrawTimeout bounds how long a Mutex keeps trying to withdraw an
+// abandoned acquire (see withdraw).
+const withdrawTimeout = time.Minute
+
+// withdraw undoes, in the background, an acquire whose caller gave up while
+// its latest try, last, had no node answering for it: the node that queued
+// it died or was cut off, so no node will withdraw it, and its waiter would
+// stay queued until the session ends, to be granted to nobody. It sends the
+// request once more, numbered after last and with the shortest wait: the
+// node that takes it withdraws the waiter when the wait passes, and a grant
+// that came first is answered, and released here. It stops when the
+// session ends, which ends the waiter too.
+func (m *Mutex) withdraw(last *lockdv1.AcquireRequest) {
+	s := m.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.wg.Add(1) // under s.mu, with the session alive: before Close's Wait
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.bg, withdrawTimeout)
+		defer cancel()
+		try := proto.Clone(last).(*lockdv1.AcquireRequest)
+		try.Wait = durationpb.New(time.Millisecond)
+		var resp *lockdv1.AcquireResponse
+		err := s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
+			try = proto.Clone(try).(*lockdv1.AcquireRequest)
+			try.Attempt++
+			r, err := e.acquire(ctx, try)
+			resp = r
+			return err
+		})
+		if err != nil || !resp.GetGranted() {
+			return // withdrawn, or ended with the lease, or the id was cancelled
+		}
+		for _, name := range append([]string{try.GetName()}, try.GetAlso()...) {
+			rel := &lockdv1.ReleaseRequest{Name: name, LeaseId: s.id, Token: resp.GetToken(), RequestId: s.nextRequestID()}
+			s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
+				_, err := e.release(ctx, rel)
+				return err
+			})
+		}
+	}()
 }
 
 // Token is the fencing token of the current grant, 0 if not held.
