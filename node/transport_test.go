@@ -17,17 +17,25 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// servePeer serves the peer endpoints of member id on a test server, and
+// hands what they deliver to the raft loop to the channel instead.
+func servePeer(t *testing.T, id, cluster uint64, buffer int) (<-chan *raftpb.Message, *httptest.Server) {
+	t.Helper()
+	tr := newTransport(id, cluster, nil, nil, time.Second, zerolog.Nop())
+	t.Cleanup(tr.close)
+	got := make(chan *raftpb.Message, buffer)
+	tr.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m; return nil }
+	srv := httptest.NewServer(tr)
+	t.Cleanup(srv.Close)
+	return got, srv
+}
+
 // A peer stream is an upgraded HTTP/1.1 request: it is refused to a sender
 // of another cluster and to a request that does not ask for the upgrade,
 // and once upgraded it delivers framed messages to the raft loop.
 func TestPeerStreamUpgrade(t *testing.T) {
 	const cluster = 0xc1
-	tr := newTransport(2, cluster, nil, nil, time.Second, zerolog.Nop())
-	defer tr.close()
-	got := make(chan *raftpb.Message, 1)
-	tr.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m; return nil }
-	srv := httptest.NewServer(tr)
-	defer srv.Close()
+	got, srv := servePeer(t, 2, cluster, 1)
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
 	dial := func(clusterID uint64, upgrade string) (net.Conn, *bufio.Reader, *http.Response) {
@@ -197,12 +205,7 @@ func TestPeerSenderReconnectsAndBounds(t *testing.T) {
 // much, so the first is not sent; one alone is sent after commitHold.
 func TestPeerSenderFoldsCommitNews(t *testing.T) {
 	const cluster = 0xc1
-	receiver := newTransport(2, cluster, nil, nil, time.Second, zerolog.Nop())
-	defer receiver.close()
-	got := make(chan *raftpb.Message, 16)
-	receiver.deliver = func(ctx context.Context, m *raftpb.Message) error { got <- m; return nil }
-	srv := httptest.NewServer(receiver)
-	defer srv.Close()
+	got, srv := servePeer(t, 2, cluster, 16)
 	sender := newTransport(1, cluster, nil, nil, time.Second, zerolog.Nop())
 	defer sender.close()
 	sender.setPeer(2, srv.URL)

@@ -244,13 +244,7 @@ func (m *Mutex) withdraw(last *lockdv1.AcquireRequest) {
 		if err != nil || !resp.GetGranted() {
 			return // withdrawn, or ended with the lease, or the id was cancelled
 		}
-		for _, name := range append([]string{try.GetName()}, try.GetAlso()...) {
-			rel := &lockdv1.ReleaseRequest{Name: name, LeaseId: s.id, Token: resp.GetToken(), RequestId: s.nextRequestID()}
-			s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-				_, err := e.release(ctx, rel)
-				return err
-			})
-		}
+		s.release(ctx, append([]string{try.GetName()}, try.GetAlso()...), resp.GetToken())
 	}()
 }
 
@@ -282,7 +276,8 @@ func (m *Mutex) Context() context.Context {
 	return m.ctx
 }
 
-// Unlock releases the lock.
+// Unlock releases the lock: every lock of a multi-lock grant, even when
+// one of them turns out lost, in which case it returns ErrLost.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	m.mu.Lock()
 	token, untrack := m.token, m.untrack
@@ -292,19 +287,11 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ErrNotHeld
 	}
 	untrack()
-	names := append([]string{m.name}, m.also...)
-	for _, name := range names {
-		req := &lockdv1.ReleaseRequest{Name: name, LeaseId: m.s.id, Token: token, RequestId: m.s.nextRequestID()}
-		err := m.s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
-			_, err := e.release(ctx, req)
-			return err
-		})
-		if err != nil {
-			if c := connect.CodeOf(err); c == connect.CodeFailedPrecondition || c == connect.CodeNotFound {
-				return fmt.Errorf("%w: %v", ErrLost, err)
-			}
-			return err
+	if err := m.s.release(ctx, append([]string{m.name}, m.also...), token); err != nil {
+		if c := connect.CodeOf(err); c == connect.CodeFailedPrecondition || c == connect.CodeNotFound {
+			return fmt.Errorf("%w: %v", ErrLost, err)
 		}
+		return err
 	}
 	return nil
 }

@@ -305,6 +305,24 @@ func (s *Session) track(names []string, token uint64) (context.Context, func()) 
 	}
 }
 
+// release releases the lease's grant of token on each of names. It tries
+// every name, so that one lost lock does not leave the others held, and
+// returns the first error.
+func (s *Session) release(ctx context.Context, names []string, token uint64) error {
+	var first error
+	for _, name := range names {
+		req := &lockdv1.ReleaseRequest{Name: name, LeaseId: s.id, Token: token, RequestId: s.nextRequestID()}
+		err := s.c.do(ctx, func(ctx context.Context, e *endpoint) error {
+			_, err := e.release(ctx, req)
+			return err
+		})
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // Close revokes the lease, releasing every lock it holds. It uses ctx for
 // the revoke; the session is over either way.
 func (s *Session) Close(ctx context.Context) error {
