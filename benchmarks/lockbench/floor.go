@@ -18,7 +18,13 @@ import (
 // on this machine, each part alone: the cheapest call its server answers (no
 // raft, no disk), an fdatasync of a small append in dir, and a loopback TCP
 // round trip. Their sum is the floor the acquire's p50 is compared with.
-func floor(sys system, dir string, n int) result {
+//
+// It also measures what members that share one disk pay for the fsync: a
+// commit waits until a quorum of them has its entry on disk, and they all
+// write it at about the same time. So members appenders, one file each in
+// dir, append and fdatasync at once, and the time until a quorum of them
+// is done is the shared-disk fsync.
+func floor(sys system, dir string, members, n int) result {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var rpc, sync, rtt []time.Duration
@@ -46,6 +52,7 @@ func floor(sys system, dir string, n int) result {
 		}
 		sync = append(sync, time.Since(t))
 	}
+	quorum := quorumFsync(dir, members, n)
 	// The echo runs in a process of its own, as a peer would.
 	echo := exec.Command(os.Args[0], "-workload", "echo")
 	echo.Stderr = os.Stderr
@@ -78,9 +85,50 @@ func floor(sys system, dir string, n int) result {
 		}
 		rtt = append(rtt, time.Since(t))
 	}
-	r := result{Ops: int64(n), RPCus: p50us(rpc), FsyncUs: p50us(sync), RTTus: p50us(rtt)}
+	r := result{Ops: int64(n), RPCus: p50us(rpc), FsyncUs: p50us(sync), RTTus: p50us(rtt), QuorumFsyncUs: p50us(quorum)}
 	r.P50us = r.RPCus + r.FsyncUs + r.RTTus
 	return r
+}
+
+// quorumFsync returns, for n rounds, how long members appenders took, each
+// appending 128 bytes to a file of its own in dir and fdatasyncing it, all
+// at once, until a quorum of them was done. A round waits for all of them
+// before the next begins.
+func quorumFsync(dir string, members, n int) []time.Duration {
+	files := make([]*os.File, members)
+	for i := range files {
+		f, err := os.CreateTemp(dir, "lockbench-quorum-*")
+		if err != nil {
+			fail(err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		files[i] = f
+	}
+	rec := make([]byte, 128)
+	done := make(chan error, members)
+	out := make([]time.Duration, 0, n)
+	for range n {
+		t := time.Now()
+		for _, f := range files {
+			go func() {
+				_, err := f.Write(rec)
+				if err == nil {
+					err = fdatasync(f)
+				}
+				done <- err
+			}()
+		}
+		for i := range members {
+			if err := <-done; err != nil {
+				fail(err)
+			}
+			if i+1 == members/2+1 {
+				out = append(out, time.Since(t))
+			}
+		}
+	}
+	return out
 }
 
 func p50us(d []time.Duration) int64 {

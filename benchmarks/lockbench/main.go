@@ -15,7 +15,8 @@
 //	failover     two processes campaign; the leader is SIGKILLed; time until the standby leads (-ttl, -rounds)
 //	hold         take -c locks and hold them for the duration (lockd only: memory and restart under 1M locks)
 //	caughtup     wait until the node at -endpoints has applied what the -leader had; print the index
-//	floor        p50 of the cheapest server call, of an fdatasync in -dir, and of a loopback round trip
+//	floor        p50 of the cheapest server call, of an fdatasync in -dir, and of a loopback round trip;
+//	             also of one fdatasync per member at once in -dir, until a quorum is done
 //	leader       print the endpoint of the raft leader and exit
 //	report       read result lines (a file argument) and print a table of medians and ratios
 package main
@@ -61,6 +62,9 @@ type result struct {
 	RPCus   int64 `json:"rpc_us,omitempty"`
 	FsyncUs int64 `json:"fsync_us,omitempty"`
 	RTTus   int64 `json:"rtt_us,omitempty"`
+	// QuorumFsyncUs: as many appenders as members fdatasync at once in one
+	// dir; the p50 time until a quorum of them is done.
+	QuorumFsyncUs int64 `json:"quorum_fsync_us,omitempty"`
 	// hold, as run.sh completes it: the largest RSS of a node under the
 	// held locks, and a follower's restart until caught up.
 	RSSMB     int64 `json:"rss_mb,omitempty"`
@@ -130,7 +134,7 @@ func main() {
 		campaignMain(sys, *ttl, *duration)
 		return
 	case "floor":
-		r = floor(sys, fsyncDir(*dir), 2000)
+		r = floor(sys, fsyncDir(*dir), len(strings.Split(*endpoints, ",")), 2000)
 	default:
 		r = run(sys, *workload, *conc, *duration, *ttl, *maxOps)
 	}

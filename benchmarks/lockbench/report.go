@@ -91,16 +91,36 @@ func report(in io.Reader, out io.Writer) error {
 			row("floor (sum)", func(r result) float64 { return float64(r.P50us) / 1000 }, "ms")
 			// The C=1 acquire against that floor, each system against its own.
 			acq := runs[key{k.cluster, "uncontended", 1}]
-			per := func(system string) float64 {
-				a, f := median(acq[system], func(r result) float64 { return float64(r.P50us) }), median(sys[system], func(r result) float64 { return float64(r.P50us) })
-				if a < 0 || f <= 0 {
+			per := func(floor func(result) float64) func(string) float64 {
+				return func(system string) float64 {
+					a, f := median(acq[system], func(r result) float64 { return float64(r.P50us) }), median(sys[system], floor)
+					if a < 0 || f <= 0 {
+						return -1
+					}
+					return a / f
+				}
+			}
+			perRow := func(metric string, per func(string) float64) {
+				fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, metric,
+					times(per("lockd")), times(per("etcd")), times(per("etcd-v3lock")), "", "")
+			}
+			perRow("C=1 acquire p50 ÷ floor", per(func(r result) float64 { return float64(r.P50us) }))
+			// The same with the fsync the members of this machine pay
+			// together, all on one disk.
+			shared := func(r result) float64 {
+				if r.QuorumFsyncUs == 0 {
 					return -1
 				}
-				return a / f
+				return float64(r.RPCus + r.QuorumFsyncUs + r.RTTus)
 			}
-			l, e, v := per("lockd"), per("etcd"), per("etcd-v3lock")
-			fmt.Fprintf(out, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", k.cluster, k.workload, k.c, "C=1 acquire p50 ÷ floor",
-				times(l), times(e), times(v), "", "")
+			row("fdatasync p50, one per member at once, until a quorum is done", func(r result) float64 {
+				if r.QuorumFsyncUs == 0 {
+					return -1
+				}
+				return float64(r.QuorumFsyncUs) / 1000
+			}, "ms")
+			row("shared-disk floor (sum with it)", func(r result) float64 { return shared(r) / 1000 }, "ms")
+			perRow("C=1 acquire p50 ÷ shared-disk floor", per(shared))
 		default:
 			label := "ops/s"
 			if k.workload == "contended" {
