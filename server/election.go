@@ -34,13 +34,22 @@ func (h *electionHandler) Campaign(ctx context.Context, req *connect.Request[loc
 	if len(m.GetValue()) > locks.MaxValueBytes {
 		return nil, invalid("value is %d bytes, more than the limit of %d", len(m.GetValue()), locks.MaxValueBytes)
 	}
+	wait, err := parseWait(m.GetWait())
+	if err != nil {
+		return nil, err
+	}
 	a := election.Campaign(m.GetName(), m.GetLeaseId(), m.GetRequestId(), m.GetValue())
 	a.Attempt = m.GetAttempt()
-	res, err := h.s.acquire(ctx, a, nil, nil)
+	a.Try = wait != nil && *wait == 0
+	res, err := h.s.acquire(ctx, a, wait, nil)
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&lockdv1.CampaignResponse{Term: res.Tokens[0], Revision: res.Revision}), nil
+	resp := &lockdv1.CampaignResponse{Revision: res.Revision, Elected: res.Granted}
+	if res.Granted {
+		resp.Term = res.Tokens[0]
+	}
+	return connect.NewResponse(resp), nil
 }
 
 func (h *electionHandler) Proclaim(ctx context.Context, req *connect.Request[lockdv1.ProclaimRequest]) (*connect.Response[lockdv1.ProclaimResponse], error) {

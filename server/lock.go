@@ -54,16 +54,9 @@ func (h *lockHandler) acquire(ctx context.Context, m *lockdv1.AcquireRequest, de
 	if m.GetRequestId() >= 1<<63 {
 		return nil, 0, invalid("request_id must be below 2^63")
 	}
-	var wait *time.Duration
-	if w := m.GetWait(); w != nil {
-		if err := w.CheckValid(); err != nil {
-			return nil, 0, invalid("wait: %v", err)
-		}
-		d := w.AsDuration()
-		if d < 0 {
-			return nil, 0, invalid("wait %v is negative", d)
-		}
-		wait = &d
+	wait, err := parseWait(m.GetWait())
+	if err != nil {
+		return nil, 0, err
 	}
 	var delay time.Duration
 	if d := m.GetLockDelay(); d != nil {
@@ -102,6 +95,22 @@ func (h *lockHandler) acquire(ctx context.Context, m *lockdv1.AcquireRequest, de
 		}
 	}
 	return resp, res.WaiterID, nil
+}
+
+// parseWait checks the wait of an acquire or a campaign: nil when absent
+// (wait until the call's deadline).
+func parseWait(w *durationpb.Duration) (*time.Duration, error) {
+	if w == nil {
+		return nil, nil
+	}
+	if err := w.CheckValid(); err != nil {
+		return nil, invalid("wait: %v", err)
+	}
+	d := w.AsDuration()
+	if d < 0 {
+		return nil, invalid("wait %v is negative", d)
+	}
+	return &d, nil
 }
 
 func (h *lockHandler) Release(ctx context.Context, req *connect.Request[lockdv1.ReleaseRequest]) (*connect.Response[lockdv1.ReleaseResponse], error) {

@@ -585,34 +585,11 @@ func TestLockAbandonedOnDeadNodeIsWithdrawn(t *testing.T) {
 	if err := ma.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tr := &http.Transport{Protocols: new(http.Protocols)}
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	cut := &cutOff{next: tr}
-	cb := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: cut}))
-	b := newSession(t, cb, 5*time.Second, "b")
-	mb := lockd.NewMutex(b, name)
-	bctx, giveUp := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- mb.Lock(bctx) }()
-	awaitWaiters(t, c, name, 1)
-	// b's try sits on the leader (the SDK writes there). Kill it with b
-	// cut off from the rest, and give up while b's retries fail.
-	leader := testcluster.LeaderOf(t, procs, 10*time.Second)
-	cut.on.Store(true)
-	leader.Signal(syscall.SIGKILL)
-	leader.Wait(10 * time.Second)
-	time.Sleep(300 * time.Millisecond)
-	giveUp()
-	if err := <-done; err == nil {
-		t.Fatal("Lock succeeded after its caller gave up")
-	}
-	cut.on.Store(false)
+	b := abandonOnDeadLeader(t, procs, c, eps, name, func(ctx context.Context, b *lockd.Session) error {
+		return lockd.NewMutex(b, name).Lock(ctx)
+	})
 	testcluster.Eventually(t, 30*time.Second, "b's orphaned waiter withdrawn", func() error {
-		d, err := c.Describe(ctx, name)
-		if err != nil || len(d.GetWaiters()) != 0 || len(d.GetHolders()) != 1 || d.GetHolders()[0].GetLeaseId() != a.ID() {
-			return fmt.Errorf("%v %v", d, err)
-		}
-		return nil
+		return heldBy(ctx, c, name, a)
 	})
 	if err := ma.Unlock(ctx); err != nil {
 		t.Fatal(err)
@@ -622,5 +599,127 @@ func TestLockAbandonedOnDeadNodeIsWithdrawn(t *testing.T) {
 	}
 	if err := b.Err(); err != nil {
 		t.Fatalf("b's session: %v", err)
+	}
+}
+
+// abandonOnDeadLeader starts op, with a session of a client of its own,
+// once lock has a holder; op's try then sits on the raft leader (the SDK
+// writes there). When op has queued on lock, it cuts that client off from
+// every node, SIGKILLs the leader and gives up on op, which must fail; then
+// it lets the client reach the nodes left. It returns op's session.
+func abandonOnDeadLeader(t *testing.T, procs []*testcluster.Proc, c *lockd.Client, eps []string, lock string, op func(context.Context, *lockd.Session) error) *lockd.Session {
+	t.Helper()
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	cut := &cutOff{next: tr}
+	cb := newClient(t, eps, lockd.WithHTTPClient(&http.Client{Transport: cut}))
+	b := newSession(t, cb, 5*time.Second, "b")
+	ctx, giveUp := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- op(ctx, b) }()
+	awaitWaiters(t, c, lock, 1)
+	leader := testcluster.LeaderOf(t, procs, 10*time.Second)
+	cut.on.Store(true)
+	leader.Signal(syscall.SIGKILL)
+	leader.Wait(10 * time.Second)
+	time.Sleep(300 * time.Millisecond) // while b's retries fail
+	giveUp()
+	if err := <-done; err == nil {
+		t.Fatal("the call succeeded after its caller gave up")
+	}
+	cut.on.Store(false)
+	return b
+}
+
+// heldBy says why lock is not held by s alone, with nobody waiting.
+func heldBy(ctx context.Context, c *lockd.Client, lock string, s *lockd.Session) error {
+	d, err := c.Describe(ctx, lock)
+	if err != nil || len(d.GetWaiters()) != 0 || len(d.GetHolders()) != 1 || d.GetHolders()[0].GetLeaseId() != s.ID() {
+		return fmt.Errorf("%v %v", d, err)
+	}
+	return nil
+}
+
+// A Campaign whose node dies under it, while its caller gives up before
+// any other node has taken it, leaves no candidate behind, as a Lock leaves
+// no waiter: otherwise the candidate could be elected later with nobody to
+// lead, and keep the election from everyone until its session ended.
+func TestCampaignAbandonedOnDeadNodeIsWithdrawn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	procs, eps := cluster(t, 3)
+	c := newClient(t, eps)
+	const name = "sdk-orphaned"
+	a := newSession(t, c, 5*time.Second, "a")
+	ea := lockd.NewElection(a, name)
+	ctx := context.Background()
+	if err := ea.Campaign(ctx, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	b := abandonOnDeadLeader(t, procs, c, eps, "election/"+name, func(ctx context.Context, b *lockd.Session) error {
+		return lockd.NewElection(b, name).Campaign(ctx, []byte("b"))
+	})
+	testcluster.Eventually(t, 30*time.Second, "b's orphaned candidacy withdrawn", func() error {
+		return heldBy(ctx, c, "election/"+name, a)
+	})
+	if err := ea.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.LeaderOf(ctx, name); err != nil || l != nil {
+		t.Fatalf("after a resigned, %+v leads (%v): b gave up", l, err)
+	}
+	if err := b.Err(); err != nil {
+		t.Fatalf("b's session: %v", err)
+	}
+}
+
+// CampaignWithin leads at once when it can, and otherwise waits no longer
+// than its wait and leaves no candidacy behind.
+func TestCampaignWithin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	_, eps := cluster(t, 1)
+	c := newClient(t, eps)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const name = "sdk-campaign-within"
+	ea := lockd.NewElection(newSession(t, c, 5*time.Second, "a"), name)
+	if ok, err := ea.CampaignWithin(ctx, []byte("a"), 0); err != nil || !ok || ea.Term() == 0 {
+		t.Fatalf("CampaignWithin(0) of a free election: %v %v, term %d", ok, err, ea.Term())
+	}
+	eb := lockd.NewElection(newSession(t, c, 5*time.Second, "b"), name)
+	if ok, err := eb.CampaignWithin(ctx, []byte("b"), 0); err != nil || ok {
+		t.Fatalf("CampaignWithin(0) of a led election: %v %v", ok, err)
+	}
+	start := time.Now()
+	if ok, err := eb.CampaignWithin(ctx, []byte("b"), 200*time.Millisecond); err != nil || ok || eb.Term() != 0 {
+		t.Fatalf("CampaignWithin(200ms) of a led election: %v %v, term %d", ok, err, eb.Term())
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("CampaignWithin(200ms) gave up after %v", d)
+	}
+	if d, err := c.Describe(ctx, "election/"+name); err != nil || len(d.GetWaiters()) != 0 {
+		t.Fatalf("candidates left queued: %v %v", d, err)
+	}
+	// A candidate that leads within its wait leads.
+	won := make(chan error, 1)
+	go func() {
+		ok, err := eb.CampaignWithin(ctx, []byte("b"), 20*time.Second)
+		if err == nil && !ok {
+			err = errors.New("not elected within 20s")
+		}
+		won <- err
+	}()
+	awaitWaiters(t, c, "election/"+name, 1)
+	if err := ea.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-won; err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.LeaderOf(ctx, name); err != nil || l == nil || string(l.Value) != "b" || l.Term != eb.Term() {
+		t.Fatalf("leader %+v (%v), want b in term %d", l, err, eb.Term())
 	}
 }

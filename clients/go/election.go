@@ -8,6 +8,8 @@ import (
 
 	"connectrpc.com/connect"
 	lockdv1 "github.com/lockd-io/lockd/proto/lockd/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Election is a session's part in a named leader election.
@@ -36,29 +38,55 @@ func NewElection(s *Session, name string) *Election {
 
 // Campaign waits until the session leads the election, then returns. The
 // term (Term) is a fencing token; the value is what Leader and Observe show.
+// If ctx ends first the candidacy is withdrawn, and a leadership that won
+// the race is resigned.
 func (e *Election) Campaign(ctx context.Context, value []byte) error {
+	_, err := e.campaign(ctx, value, nil)
+	return err
+}
+
+// CampaignWithin waits at most wait to lead the election, and reports
+// whether the session leads. A wait of 0 leads only if nobody leads or
+// waits. A candidacy whose wait runs out is withdrawn.
+func (e *Election) CampaignWithin(ctx context.Context, value []byte, wait time.Duration) (bool, error) {
+	return e.campaign(ctx, value, durationpb.New(wait))
+}
+
+func (e *Election) campaign(ctx context.Context, value []byte, wait *durationpb.Duration) (bool, error) {
 	if err := e.s.Err(); err != nil {
-		return err
+		return false, err
 	}
-	req := &lockdv1.CampaignRequest{Name: e.name, LeaseId: e.s.id, Value: value, RequestId: e.s.nextRequestID()}
+	req := &lockdv1.CampaignRequest{Name: e.name, LeaseId: e.s.id, Value: value, RequestId: e.s.nextRequestID(), Wait: wait}
 	var resp *lockdv1.CampaignResponse
 	for {
+		// Numbered as Mutex.acquire numbers its tries, and for the same
+		// reasons; unanswered as there too.
+		var unanswered bool
 		err := e.s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
-			req.Attempt++ // numbered as Mutex.Lock numbers its tries
+			req.Attempt++
 			r, err := ep.election.Campaign(ctx, connect.NewRequest(req))
 			if err == nil {
 				resp = r.Msg
 			}
+			unanswered = err != nil && ctx.Err() == nil && retryable(ctx, err)
 			return err
 		})
 		if connect.CodeOf(err) == connect.CodeAborted && ctx.Err() == nil {
-			req.RequestId, req.Attempt = e.s.nextRequestID(), 0 // cancelled by the server; see Mutex.Lock
+			req.RequestId, req.Attempt = e.s.nextRequestID(), 0 // cancelled by the server; see Mutex.acquire
 			continue
 		}
 		if err != nil {
-			return err
+			if unanswered && ctx.Err() != nil {
+				e.withdraw(req)
+			}
+			return false, err
 		}
 		break
+	}
+	// A term is never 0, and Elected is new: a server that knows no wait
+	// answers without it.
+	if resp.GetTerm() == 0 {
+		return false, nil // a wait that ran out
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -67,7 +95,37 @@ func (e *Election) Campaign(ctx context.Context, value []byte) error {
 	}
 	e.term = resp.GetTerm()
 	e.ctx, e.untrack = e.s.track([]string{"election/" + e.name}, e.term)
-	return nil
+	return true, nil
+}
+
+// withdraw undoes, in the background, a campaign whose caller gave up while
+// its latest try, last, had no node answering for it, as Mutex.withdraw
+// does for an acquire: otherwise the candidate would stay queued until the
+// session ends, and could be elected with nobody to lead. It sends the
+// campaign once more, numbered after last and with the shortest wait, and
+// resigns the term if that finds the session elected.
+func (e *Election) withdraw(last *lockdv1.CampaignRequest) {
+	s := e.s
+	s.background(withdrawTimeout, func(ctx context.Context) {
+		try := proto.Clone(last).(*lockdv1.CampaignRequest)
+		try.Wait = durationpb.New(time.Millisecond)
+		var resp *lockdv1.CampaignResponse
+		err := s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+			try.Attempt++
+			r, err := ep.election.Campaign(ctx, connect.NewRequest(try))
+			if err == nil {
+				resp = r.Msg
+			}
+			return err
+		})
+		if err != nil || resp.GetTerm() == 0 {
+			return // withdrawn, or ended with the lease, or the id was cancelled
+		}
+		s.c.do(ctx, func(ctx context.Context, ep *endpoint) error {
+			_, err := ep.election.Resign(ctx, connect.NewRequest(&lockdv1.ResignRequest{Name: e.name, LeaseId: s.id, Term: resp.GetTerm()}))
+			return err
+		})
+	})
 }
 
 // Term is the term of the session's leadership, 0 if it does not lead.

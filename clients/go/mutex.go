@@ -207,8 +207,8 @@ func (m *Mutex) acquire(ctx context.Context, wait *durationpb.Duration) (bool, e
 	return true, nil
 }
 
-// withdrawTimeout bounds how long a Mutex keeps trying to withdraw an
-// abandoned acquire (see withdraw).
+// withdrawTimeout bounds how long a Mutex or an Election keeps trying to
+// withdraw an abandoned acquire or campaign (see Mutex.withdraw).
 const withdrawTimeout = time.Minute
 
 // withdraw undoes, in the background, an acquire whose caller gave up while
@@ -221,16 +221,7 @@ const withdrawTimeout = time.Minute
 // session ends, which ends the waiter too.
 func (m *Mutex) withdraw(last *lockdv1.AcquireRequest) {
 	s := m.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return
-	}
-	s.wg.Add(1) // under s.mu, with the session alive: before Close's Wait
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(s.bg, withdrawTimeout)
-		defer cancel()
+	s.background(withdrawTimeout, func(ctx context.Context) {
 		try := proto.Clone(last).(*lockdv1.AcquireRequest)
 		try.Wait = durationpb.New(time.Millisecond)
 		var resp *lockdv1.AcquireResponse
@@ -245,7 +236,7 @@ func (m *Mutex) withdraw(last *lockdv1.AcquireRequest) {
 			return // withdrawn, or ended with the lease, or the id was cancelled
 		}
 		s.release(ctx, append([]string{try.GetName()}, try.GetAlso()...), resp.GetToken())
-	}()
+	})
 }
 
 // Token is the fencing token of the current grant, 0 if not held.

@@ -323,6 +323,24 @@ func (s *Session) release(ctx context.Context, names []string, token uint64) err
 	return first
 }
 
+// background runs f on a goroutine that Close waits for, with a context
+// that ends after timeout or with the session. It does nothing once the
+// session has ended.
+func (s *Session) background(timeout time.Duration, f func(ctx context.Context)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.wg.Add(1) // under s.mu, with the session alive: before Close's Wait
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.bg, timeout)
+		defer cancel()
+		f(ctx)
+	}()
+}
+
 // Close revokes the lease, releasing every lock it holds. It uses ctx for
 // the revoke; the session is over either way.
 func (s *Session) Close(ctx context.Context) error {

@@ -417,6 +417,10 @@ func TestAPIBadInput(t *testing.T) {
 			_, err := acquire(context.Background(), c, &lockdv1.AcquireRequest{Name: "app/x", LeaseId: holder, Wait: durationpb.New(-time.Second)})
 			return err
 		}},
+		{"negative campaign wait", connect.CodeInvalidArgument, func(c clients) error {
+			_, err := c.election.Campaign(context.Background(), connect.NewRequest(&lockdv1.CampaignRequest{Name: "e", LeaseId: holder, Wait: durationpb.New(-time.Second)}))
+			return err
+		}},
 		{"list limit too large", connect.CodeInvalidArgument, func(c clients) error {
 			_, err := c.lock.List(context.Background(), connect.NewRequest(&lockdv1.ListRequest{Limit: 5000}))
 			return err
@@ -867,6 +871,19 @@ func TestAPIElection(t *testing.T) {
 	}
 	if o := next(); o.GetLeader().GetLeaseId() != a || string(o.GetLeader().GetValue()) != "a1" {
 		t.Fatalf("observed %v, want a leading", o)
+	}
+	if !ca.Msg.GetElected() {
+		t.Fatalf("a's campaign answered %v, not elected", ca.Msg)
+	}
+	// A wait of 0s leads at once or not at all, and leaves no candidate.
+	for _, wait := range []time.Duration{0, 50 * time.Millisecond} {
+		r, err := c.election.Campaign(context.Background(), connect.NewRequest(&lockdv1.CampaignRequest{Name: "db", LeaseId: b, Value: []byte("b0"), Wait: durationpb.New(wait)}))
+		if err != nil || r.Msg.GetElected() || r.Msg.GetTerm() != 0 {
+			t.Fatalf("b's campaign with wait %v of a led election: %v %v", wait, r, err)
+		}
+	}
+	if d, err := c.lock.Describe(context.Background(), connect.NewRequest(&lockdv1.DescribeRequest{Name: "election/db"})); err != nil || len(d.Msg.GetWaiters()) != 0 {
+		t.Fatalf("candidates left queued: %v %v", d, err)
 	}
 	bDone := make(chan *lockdv1.CampaignResponse, 1)
 	go func() {

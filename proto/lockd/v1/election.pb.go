@@ -9,6 +9,7 @@ package lockdv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -28,7 +29,12 @@ type CampaignRequest struct {
 	Value     []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	RequestId uint64                 `protobuf:"varint,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Which try of request_id this is, as AcquireRequest.attempt.
-	Attempt       uint32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt uint32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// How long to wait in the queue of candidates, as AcquireRequest.wait.
+	// Absent: until the call's deadline. "0s": lead at once or not at all.
+	// A wait that runs out withdraws the candidacy (and resigns a
+	// leadership that won the race) and answers elected: false.
+	Wait          *durationpb.Duration `protobuf:"bytes,6,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -98,10 +104,21 @@ func (x *CampaignRequest) GetAttempt() uint32 {
 	return 0
 }
 
+func (x *CampaignRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
 type CampaignResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Term          uint64                 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
-	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader's term (its fencing token); 0 when not elected.
+	Term     uint64 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// False only when a wait was given and ran out (or "0s" found the
+	// election led or contested).
+	Elected       bool `protobuf:"varint,3,opt,name=elected,proto3" json:"elected,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -148,6 +165,13 @@ func (x *CampaignResponse) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *CampaignResponse) GetElected() bool {
+	if x != nil {
+		return x.Elected
+	}
+	return false
 }
 
 type ProclaimRequest struct {
@@ -599,17 +623,19 @@ var File_lockd_v1_election_proto protoreflect.FileDescriptor
 
 const file_lockd_v1_election_proto_rawDesc = "" +
 	"\n" +
-	"\x17lockd/v1/election.proto\x12\blockd.v1\"\x8f\x01\n" +
+	"\x17lockd/v1/election.proto\x12\blockd.v1\x1a\x1egoogle/protobuf/duration.proto\"\xbe\x01\n" +
 	"\x0fCampaignRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\x04R\trequestId\x12\x18\n" +
-	"\aattempt\x18\x05 \x01(\rR\aattempt\"B\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\x12-\n" +
+	"\x04wait\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\\\n" +
 	"\x10CampaignResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"j\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x18\n" +
+	"\aelected\x18\x03 \x01(\bR\aelected\"j\n" +
 	"\x0fProclaimRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x04R\aleaseId\x12\x12\n" +
@@ -659,34 +685,36 @@ func file_lockd_v1_election_proto_rawDescGZIP() []byte {
 
 var file_lockd_v1_election_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_lockd_v1_election_proto_goTypes = []any{
-	(*CampaignRequest)(nil),  // 0: lockd.v1.CampaignRequest
-	(*CampaignResponse)(nil), // 1: lockd.v1.CampaignResponse
-	(*ProclaimRequest)(nil),  // 2: lockd.v1.ProclaimRequest
-	(*ProclaimResponse)(nil), // 3: lockd.v1.ProclaimResponse
-	(*LeaderRequest)(nil),    // 4: lockd.v1.LeaderRequest
-	(*LeaderResponse)(nil),   // 5: lockd.v1.LeaderResponse
-	(*LeaderInfo)(nil),       // 6: lockd.v1.LeaderInfo
-	(*ObserveRequest)(nil),   // 7: lockd.v1.ObserveRequest
-	(*ResignRequest)(nil),    // 8: lockd.v1.ResignRequest
-	(*ResignResponse)(nil),   // 9: lockd.v1.ResignResponse
+	(*CampaignRequest)(nil),     // 0: lockd.v1.CampaignRequest
+	(*CampaignResponse)(nil),    // 1: lockd.v1.CampaignResponse
+	(*ProclaimRequest)(nil),     // 2: lockd.v1.ProclaimRequest
+	(*ProclaimResponse)(nil),    // 3: lockd.v1.ProclaimResponse
+	(*LeaderRequest)(nil),       // 4: lockd.v1.LeaderRequest
+	(*LeaderResponse)(nil),      // 5: lockd.v1.LeaderResponse
+	(*LeaderInfo)(nil),          // 6: lockd.v1.LeaderInfo
+	(*ObserveRequest)(nil),      // 7: lockd.v1.ObserveRequest
+	(*ResignRequest)(nil),       // 8: lockd.v1.ResignRequest
+	(*ResignResponse)(nil),      // 9: lockd.v1.ResignResponse
+	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
 }
 var file_lockd_v1_election_proto_depIdxs = []int32{
-	6, // 0: lockd.v1.LeaderResponse.leader:type_name -> lockd.v1.LeaderInfo
-	0, // 1: lockd.v1.ElectionService.Campaign:input_type -> lockd.v1.CampaignRequest
-	2, // 2: lockd.v1.ElectionService.Proclaim:input_type -> lockd.v1.ProclaimRequest
-	4, // 3: lockd.v1.ElectionService.Leader:input_type -> lockd.v1.LeaderRequest
-	7, // 4: lockd.v1.ElectionService.Observe:input_type -> lockd.v1.ObserveRequest
-	8, // 5: lockd.v1.ElectionService.Resign:input_type -> lockd.v1.ResignRequest
-	1, // 6: lockd.v1.ElectionService.Campaign:output_type -> lockd.v1.CampaignResponse
-	3, // 7: lockd.v1.ElectionService.Proclaim:output_type -> lockd.v1.ProclaimResponse
-	5, // 8: lockd.v1.ElectionService.Leader:output_type -> lockd.v1.LeaderResponse
-	5, // 9: lockd.v1.ElectionService.Observe:output_type -> lockd.v1.LeaderResponse
-	9, // 10: lockd.v1.ElectionService.Resign:output_type -> lockd.v1.ResignResponse
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	10, // 0: lockd.v1.CampaignRequest.wait:type_name -> google.protobuf.Duration
+	6,  // 1: lockd.v1.LeaderResponse.leader:type_name -> lockd.v1.LeaderInfo
+	0,  // 2: lockd.v1.ElectionService.Campaign:input_type -> lockd.v1.CampaignRequest
+	2,  // 3: lockd.v1.ElectionService.Proclaim:input_type -> lockd.v1.ProclaimRequest
+	4,  // 4: lockd.v1.ElectionService.Leader:input_type -> lockd.v1.LeaderRequest
+	7,  // 5: lockd.v1.ElectionService.Observe:input_type -> lockd.v1.ObserveRequest
+	8,  // 6: lockd.v1.ElectionService.Resign:input_type -> lockd.v1.ResignRequest
+	1,  // 7: lockd.v1.ElectionService.Campaign:output_type -> lockd.v1.CampaignResponse
+	3,  // 8: lockd.v1.ElectionService.Proclaim:output_type -> lockd.v1.ProclaimResponse
+	5,  // 9: lockd.v1.ElectionService.Leader:output_type -> lockd.v1.LeaderResponse
+	5,  // 10: lockd.v1.ElectionService.Observe:output_type -> lockd.v1.LeaderResponse
+	9,  // 11: lockd.v1.ElectionService.Resign:output_type -> lockd.v1.ResignResponse
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_lockd_v1_election_proto_init() }

@@ -49,7 +49,8 @@ const (
 
 // ElectionServiceClient is a client for the lockd.v1.ElectionService service.
 type ElectionServiceClient interface {
-	// Campaign waits until the lease leads the election and returns the term.
+	// Campaign waits until the lease leads the election (or its wait runs
+	// out) and returns the term.
 	Campaign(context.Context, *connect.Request[v1.CampaignRequest]) (*connect.Response[v1.CampaignResponse], error)
 	// Proclaim changes the leader's value, only for the current term.
 	Proclaim(context.Context, *connect.Request[v1.ProclaimRequest]) (*connect.Response[v1.ProclaimResponse], error)
@@ -144,7 +145,8 @@ func (c *electionServiceClient) Resign(ctx context.Context, req *connect.Request
 
 // ElectionServiceHandler is an implementation of the lockd.v1.ElectionService service.
 type ElectionServiceHandler interface {
-	// Campaign waits until the lease leads the election and returns the term.
+	// Campaign waits until the lease leads the election (or its wait runs
+	// out) and returns the term.
 	Campaign(context.Context, *connect.Request[v1.CampaignRequest]) (*connect.Response[v1.CampaignResponse], error)
 	// Proclaim changes the leader's value, only for the current term.
 	Proclaim(context.Context, *connect.Request[v1.ProclaimRequest]) (*connect.Response[v1.ProclaimResponse], error)
