@@ -23,6 +23,11 @@ const maxApplyBacklog = 1 << 16
 // snapshot of a large table that takes a second, then delays only the
 // answers to proposals and reads, never raft's heartbeats, its elections or
 // the persistence of new entries.
+//
+// The applier only encodes a snapshot, which needs the state machine to
+// stand still; a goroutine of the snapshot's own writes it to the store and
+// compacts the log, while the applier goes on applying. One snapshot is
+// saved at a time.
 type applier struct {
 	workQueue[applyWork]
 	progress chan struct{} // cap 1: the applied index moved (for the loop's reads)
@@ -40,6 +45,19 @@ type applier struct {
 	sinceSnap uint64
 	recent    []uint32
 	next      uint64
+
+	// Owned by the applier: the size of the state in the newest snapshot
+	// taken or restored, and whether one is being saved; saved carries the
+	// outcome.
+	lastSnapBytes uint64
+	saving        bool
+	saved         chan snapshotSaved // cap 1
+}
+
+// snapshotSaved is the outcome of saving a snapshot.
+type snapshotSaved struct {
+	index uint64
+	err   error
 }
 
 // sized records the size of an entry the applier applied.
@@ -98,6 +116,7 @@ func membersOf(m map[uint64]*peerv1.Member) []*peerv1.Member {
 func (a *applier) init() {
 	a.workQueue.init()
 	a.progress = make(chan struct{}, 1)
+	a.saved = make(chan snapshotSaved, 1)
 }
 
 // push queues work; it never blocks.
@@ -114,6 +133,11 @@ func (a *applier) push(w applyWork) {
 func (n *Node) applyLoop() {
 	a := &n.apply
 	defer close(a.done)
+	defer func() {
+		if a.saving {
+			<-a.saved // the store outlives the node, not a write to it
+		}
+	}()
 	for {
 		queue, ok := a.take()
 		if !ok {
@@ -139,6 +163,12 @@ func (n *Node) applyLoop() {
 				return
 			}
 		}
+		// Also when woken by a save that ended: a membership change
+		// applied during it is snapshotted now, not at the next entry.
+		if err := n.maybeSnapshot(); err != nil {
+			a.fail(err)
+			return
+		}
 	}
 }
 
@@ -156,6 +186,7 @@ func (n *Node) applyWork(w applyWork) error {
 		// The sizes recorded so far are of entries before the snapshot's
 		// gap: forget them.
 		a.sinceSnap, a.next, a.confChanged = 0, 0, false
+		a.lastSnapBytes = uint64(len(w.snapState))
 		n.metrics.snapshotBytes.Set(float64(len(w.snapState)))
 		n.log.Info().Uint64("index", idx).Msg("restored snapshot from leader")
 	}
@@ -191,59 +222,117 @@ func (n *Node) applyWork(w applyWork) error {
 // little. It runs on the applier, so the state machine stands still while
 // it reads it.
 //
+// A snapshot costs as much as the state is large, so it also waits until
+// the entries applied since the last one amount to a quarter of that
+// one's size: the cost per entry applied then stays bounded whatever the
+// size of the state (a million locks take a second to encode), and the log
+// a restart replays stays a fraction of the snapshot it restores.
+//
 // A membership change is snapshotted at once, once the log has been
 // compacted: a new member catches up from the leader's latest snapshot,
 // and raft refuses a snapshot whose configuration does not name the
 // member receiving it, so one taken before the member was added would be
 // sent and refused until the next snapshot by count.
 func (n *Node) maybeSnapshot() error {
+	a := &n.apply
+	if err := n.snapshotSaved(); err != nil || a.saving {
+		return err
+	}
 	applied := n.applied.Load()
-	membership := n.apply.confChanged && n.snapIndex.Load() > 0
-	if !membership && applied-n.snapIndex.Load() < n.cfg.SnapshotEntries && n.apply.sinceSnap < n.cfg.SnapshotBytes {
+	membership := a.confChanged && n.snapIndex.Load() > 0
+	due := applied-n.snapIndex.Load() >= n.cfg.SnapshotEntries || a.sinceSnap >= n.cfg.SnapshotBytes
+	if !membership && (!due || a.sinceSnap < a.lastSnapBytes/4) {
 		return nil
 	}
 	return n.snapshot(applied)
 }
 
+// snapshot encodes the state machine at applied and starts saving it.
 func (n *Node) snapshot(applied uint64) error {
+	a := &n.apply
 	start := time.Now()
 	state, err := n.sm.Snapshot()
 	if err != nil {
 		return fmt.Errorf("state machine snapshot: %w", err)
 	}
-	env := &peerv1.Snapshot{State: state, Members: n.apply.members}
+	env := &peerv1.Snapshot{State: state, Members: a.members}
+	conf := a.conf
+	compact := uint64(0)
+	if margin := a.margin(n.cfg.CompactionMargin, n.cfg.SnapshotBytes/2); applied > margin {
+		compact = applied - margin
+	}
+	encoded := time.Since(start)
+	a.sinceSnap, a.confChanged, a.saving = 0, false, true
+	a.lastSnapBytes = uint64(len(state))
+	go func() {
+		size, err := n.saveSnapshot(applied, conf, env, compact)
+		if err == nil {
+			n.metrics.snapshots.Inc()
+			n.metrics.snapshotBytes.Set(float64(size))
+			n.metrics.snapshotTime.Observe(since(start))
+			n.log.Info().Uint64("index", applied).Int("bytes", size).Dur("took", time.Since(start)).
+				Dur("applier-paused", encoded).Msg("snapshot taken")
+		}
+		a.saved <- snapshotSaved{index: applied, err: err}
+		select {
+		case a.wake <- struct{}{}: // for the applier to learn of it
+		default:
+		}
+	}()
+	return nil
+}
+
+// saveSnapshot writes a snapshot of the state at index to the store and
+// compacts the log up to compact (0: not at all). It returns the
+// snapshot's size.
+func (n *Node) saveSnapshot(index uint64, conf *raftpb.ConfState, env *peerv1.Snapshot, compact uint64) (int, error) {
 	data, err := proto.Marshal(env)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := n.store.CreateSnapshot(applied, n.apply.conf, data); err != nil {
+	if _, err := n.store.CreateSnapshot(index, conf, data); err != nil {
 		if errors.Is(err, raft.ErrSnapOutOfDate) {
-			// A snapshot from the leader, newer than this point, was saved
-			// while the applier worked its way here; it replaces this one.
-			n.apply.confChanged = false
-			return nil
+			// A snapshot from the leader, newer than this one, was saved
+			// meanwhile; it replaces this one.
+			return len(data), nil
 		}
-		return fmt.Errorf("saving snapshot: %w", err)
+		return 0, fmt.Errorf("saving snapshot: %w", err)
 	}
-	n.snapIndex.Store(applied)
-	n.apply.sinceSnap, n.apply.confChanged = 0, false
-	if margin := n.apply.margin(n.cfg.CompactionMargin, n.cfg.SnapshotBytes/2); applied > margin {
-		compact := applied - margin
-		first, err := n.store.FirstIndex()
-		if err != nil {
-			return err
-		}
-		if compact > first {
-			// ErrCompacted: a snapshot from the leader, saved meanwhile,
-			// discarded this part of the log already.
-			if err := n.store.Compact(compact); err != nil && !errors.Is(err, raft.ErrCompacted) {
-				return fmt.Errorf("compacting log: %w", err)
-			}
+	if compact == 0 {
+		return len(data), nil
+	}
+	first, err := n.store.FirstIndex()
+	if err != nil {
+		return 0, err
+	}
+	if compact > first {
+		// ErrCompacted: a snapshot from the leader, saved meanwhile,
+		// discarded this part of the log already.
+		if err := n.store.Compact(compact); err != nil && !errors.Is(err, raft.ErrCompacted) {
+			return 0, fmt.Errorf("compacting log: %w", err)
 		}
 	}
-	n.metrics.snapshots.Inc()
-	n.metrics.snapshotBytes.Set(float64(len(data)))
-	n.metrics.snapshotTime.Observe(since(start))
-	n.log.Info().Uint64("index", applied).Int("bytes", len(data)).Dur("took", time.Since(start)).Msg("snapshot taken")
+	return len(data), nil
+}
+
+// snapshotSaved takes the outcome of the snapshot being saved, if it is
+// in: the snapshot index moves to it (unless one from the leader, restored
+// meanwhile, is newer).
+func (n *Node) snapshotSaved() error {
+	a := &n.apply
+	if !a.saving {
+		return nil
+	}
+	select {
+	case s := <-a.saved:
+		a.saving = false
+		if s.err != nil {
+			return s.err
+		}
+		if s.index > n.snapIndex.Load() {
+			n.snapIndex.Store(s.index)
+		}
+	default:
+	}
 	return nil
 }

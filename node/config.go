@@ -46,7 +46,9 @@ type Config struct {
 	// It must be at least 3 heartbeats. Default 1s.
 	ElectionTimeout time.Duration
 	// SnapshotEntries is how many applied entries trigger a snapshot and a
-	// compaction of the log. Default 10000.
+	// compaction of the log. Default 10000. Either trigger also waits until
+	// the entries since the last snapshot amount to a quarter of its size,
+	// so that a large state is not encoded over and over.
 	SnapshotEntries uint64
 	// SnapshotBytes triggers a snapshot too: once the entries applied since
 	// the last one reach this many bytes, so a log of large entries stays

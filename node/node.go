@@ -783,6 +783,7 @@ func (n *Node) restore(snap *raftpb.Snapshot) error {
 	if err := n.sm.Restore(env.GetState()); err != nil {
 		return err
 	}
+	n.apply.lastSnapBytes = uint64(len(env.GetState()))
 	n.snapIndex.Store(snap.GetMetadata().GetIndex())
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -209,9 +210,29 @@ func TestSlowSnapshotDoesNotStallRaft(t *testing.T) {
 		t.Fatalf("leadership changed during slow snapshots: term %d → %d", term, got)
 	}
 	for _, tn := range c.nodes {
-		if tn.current().snapIndex.Load() == 0 {
-			t.Errorf("%s took no snapshot", tn.name)
+		waitUntil(t, 30*time.Second, tn.name+" took a snapshot", func() error {
+			if tn.current().snapIndex.Load() == 0 {
+				return errors.New("no snapshot index")
+			}
+			return nil
+		})
+	}
+}
+
+// waitUntil polls cond until it returns nil, failing the test with its
+// last error after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -307,20 +328,85 @@ func TestSnapshotBySize(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	applied := l.applied.Load()
-	snap := l.snapIndex.Load()
-	if applied-snap > (1<<20)/size+1 {
-		t.Fatalf("last snapshot at %d with %d applied: more than 1 MiB of entries since", snap, applied)
+	// Snapshots are saved in the background: wait for the last one.
+	waitUntil(t, 10*time.Second, "the last snapshot saved", func() error {
+		applied := l.applied.Load()
+		snap := l.snapIndex.Load()
+		if applied-snap > (1<<20)/size+1 {
+			return fmt.Errorf("last snapshot at %d with %d applied: more than 1 MiB of entries since", snap, applied)
+		}
+		first, err := l.store.FirstIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Up to the snapshot, as many entries as fit in 512 KiB are kept:
+		// 15 of 32 KiB and 8 bytes (the proposal id), not the 5000 the
+		// count alone would keep, and not none.
+		if kept := snap - first + 1; first > snap || kept != (512<<10)/(size+8) {
+			return fmt.Errorf("log starts at %d, %d entries up to the snapshot at %d; want %d", first, kept, snap, (512<<10)/(size+8))
+		}
+		return nil
+	})
+}
+
+// bigState is a state machine whose snapshots are large, as a table of
+// many locks has.
+type bigState struct {
+	countSM
+	size  int
+	taken atomic.Int64 // snapshots
+}
+
+func (s *bigState) Snapshot() ([]byte, error) {
+	s.taken.Add(1)
+	b, _ := s.countSM.Snapshot()
+	return append(b, make([]byte, s.size)...), nil
+}
+
+func (s *bigState) Restore(data []byte) error { return s.countSM.Restore(data[:8]) }
+
+// A large state is snapshotted once the entries since its last snapshot
+// amount to a quarter of its size, however many entries that is: the
+// count alone would encode a table of a million locks every few seconds
+// under load, each time for about a second.
+func TestLargeStateSnapshotsByItsSize(t *testing.T) {
+	sm := &bigState{size: 1 << 20}
+	c := newTestCluster(t, 1, nil, func(cfg *Config) {
+		cfg.SnapshotEntries = 50
+		cfg.CompactionMargin = 10
+		cfg.StateMachine = sm
+	})
+	l := c.waitLeader(5 * time.Second).current()
+	cmd := make([]byte, 1024)
+	proposeN := func(n int) {
+		for range n {
+			if _, err := l.Propose(context.Background(), cmd); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	first, err := l.store.FirstIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Up to the snapshot, as many entries as fit in 512 KiB are kept: 15
-	// of 32 KiB and 8 bytes (the proposal id), not the 5000 the count alone
-	// would keep, and not none.
-	if kept := snap - first + 1; first > snap || kept != (512<<10)/(size+8) {
-		t.Fatalf("log starts at %d, %d entries up to the snapshot at %d; want %d", first, kept, snap, (512<<10)/(size+8))
+	// The first snapshot comes by count; 200 KiB of entries after it are
+	// less than a quarter of its MiB.
+	proposeN(250)
+	waitUntil(t, 10*time.Second, "the first snapshot", func() error {
+		if s := l.snapIndex.Load(); s == 0 || s > 100 {
+			return fmt.Errorf("snapshot index %d, want one by count, at about 50", s)
+		}
+		return nil
+	})
+	first := l.snapIndex.Load()
+	// 100 more KiB make more than a quarter of it: 255 entries of 1 KiB
+	// and a proposal id.
+	proposeN(100)
+	waitUntil(t, 10*time.Second, "a second snapshot", func() error {
+		if s := l.snapIndex.Load(); s < first+255 {
+			return fmt.Errorf("snapshot index %d, want one 255 entries or more after %d", s, first)
+		}
+		return nil
+	})
+	// By count alone there would have been six by now.
+	if n := sm.taken.Load(); n != 2 {
+		t.Fatalf("%d snapshots taken, want 2", n)
 	}
 }
 
