@@ -235,7 +235,7 @@ func (n *Node) applyWork(w applyWork) error {
 // sent and refused until the next snapshot by count.
 func (n *Node) maybeSnapshot() error {
 	a := &n.apply
-	if err := n.snapshotSaved(); err != nil || a.saving {
+	if err := n.takeSaved(); err != nil || a.saving {
 		return err
 	}
 	applied := n.applied.Load()
@@ -315,10 +315,10 @@ func (n *Node) saveSnapshot(index uint64, conf *raftpb.ConfState, env *peerv1.Sn
 	return len(data), nil
 }
 
-// snapshotSaved takes the outcome of the snapshot being saved, if it is
+// takeSaved takes the outcome of the snapshot being saved, if it is
 // in: the snapshot index moves to it (unless one from the leader, restored
 // meanwhile, is newer).
-func (n *Node) snapshotSaved() error {
+func (n *Node) takeSaved() error {
 	a := &n.apply
 	if !a.saving {
 		return nil
