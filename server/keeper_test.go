@@ -15,7 +15,7 @@ import (
 
 // soloRaft is a log of one member that this test makes lead or not, with or
 // without recent contact with a quorum; proposals are applied to a real
-// table and recorded.
+// table and then recorded.
 type soloRaft struct {
 	tab *locks.Table
 
@@ -30,11 +30,14 @@ func (r *soloRaft) Propose(ctx context.Context, cmd []byte) (any, error) {
 	if err := proto.Unmarshal(cmd, c); err != nil {
 		return nil, err
 	}
-	r.proposed <- c
 	r.mu.Lock()
 	term := r.term
 	r.mu.Unlock()
-	return r.tab.Apply(1, term, cmd), nil
+	// Applied before it is reported, as a node answers a proposal only
+	// once it is applied: the test looks at the table when it hears.
+	res := r.tab.Apply(1, term, cmd)
+	r.proposed <- c
+	return res, nil
 }
 
 func (r *soloRaft) ReadIndex(context.Context) error { return nil }
